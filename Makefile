@@ -1,0 +1,49 @@
+# gan_runner developer commands. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-all lint format bench list clean
+
+help: ## list the make targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements-pinned.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The pins install the torch/torchvision wheels already on disk instead of fetching new builds.
+	$(PIP) install -q -c requirements-pinned.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install gan-runner with its dev tools (pinned versions)
+
+run: install ## train the embedded default recipe and print where its results are (ARGS=... for overrides)
+	$(VENV)/bin/gan-run $(ARGS)
+
+test: install ## run the test suite (everything not marked slow)
+	$(PY) -m pytest -q $(ARGS)
+
+test-all: install ## run every test, slow ones included
+	$(PY) -m pytest -q -m "" $(ARGS)
+
+lint: install ## check style with ruff
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+
+format: install ## reformat with ruff
+	$(VENV)/bin/ruff check --fix src tests scripts
+	$(VENV)/bin/ruff format src tests scripts
+
+bench: install ## measure speed against a plain PyTorch loop (writes outputs/bench/)
+	$(PY) scripts/bench.py $(ARGS)
+
+list: install ## print every option of every config group with its one-line description
+	$(VENV)/bin/gan-list
+
+clean: ## remove caches and build artefacts (keeps .venv and outputs/)
+	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

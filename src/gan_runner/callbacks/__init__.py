@@ -1,0 +1,1 @@
+"""Callbacks: generator EMA, sample grids, checkpoints and plots, scheduled in generator steps."""

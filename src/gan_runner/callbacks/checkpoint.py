@@ -1,0 +1,66 @@
+"""Checkpoints scheduled in generator steps and written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes to a temporary file in the same folder, fsyncs, then renames over the target.
+
+    A crash mid-write leaves the previous checkpoint intact (Lightning's own save truncates the
+    target first).
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class GStepCheckpoint(pl.Callback):
+    """Saves `last.ckpt` every `every` generator steps and at the end; `g<steps>.ckpt` too if asked."""
+
+    def __init__(self, dirpath: str, every: int = 1000, keep_periodic: bool = True) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.dirpath, self.every, self.keep_periodic = Path(dirpath), every, keep_periodic
+        self._saved_at = -1
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def save(self, trainer: pl.Trainer, g_steps: int) -> None:
+        self._saved_at = g_steps
+        trainer.save_checkpoint(self.last_path)
+        if self.keep_periodic:
+            trainer.save_checkpoint(self.dirpath / f"g{g_steps:07d}.ckpt")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        g_steps = pl_module.counters.g_steps
+        if g_steps and g_steps % self.every == 0 and g_steps != self._saved_at:
+            self.save(trainer, g_steps)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if pl_module.counters.g_steps != self._saved_at:
+            self.save(trainer, pl_module.counters.g_steps)

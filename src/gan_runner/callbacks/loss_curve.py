@@ -1,0 +1,33 @@
+"""Records the logged losses and writes a loss-curve PNG when training ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+from gan_runner.plots import loss_curves
+
+
+class LossCurve(pl.Callback):
+    """Plots train/d_loss, train/g_loss and every regularizer term against generator steps."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.history: dict[str, list[tuple[int, float]]] = {}
+        self._recorded_at = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        g_steps = pl_module.counters.g_steps
+        if g_steps == self._recorded_at or not pl_module._log_this_step:
+            return
+        self._recorded_at = g_steps
+        for key, value in trainer.callback_metrics.items():
+            if key in ("train/d_loss", "train/g_loss") or key.startswith("train/reg/"):
+                self.history.setdefault(key.removeprefix("train/"), []).append(
+                    (g_steps, float(value))
+                )
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_rank == 0:
+            loss_curves(self.history, self.path)

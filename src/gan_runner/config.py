@@ -1,0 +1,199 @@
+"""Checking a composed config before anything is built, with one-line errors that name the fix.
+
+The conf folders are the registry: classes are found through `_target_`, and their constructor
+signatures are the schema for their keys. Only the run-wide settings have a dataclass here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.utils import get_class, get_method
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from gan_runner.errors import UserError
+
+
+@dataclass
+class TrainSettings:
+    g_steps: int = 2000
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        _at_least("train.g_steps", self.g_steps, 1)
+        _at_least("train.log_every", self.log_every, 1)
+
+
+@dataclass
+class CriticBoost:
+    n_critic: int = 0
+    first_g_steps: int = 0
+    every_g_steps: int = 0
+
+    def __post_init__(self) -> None:
+        _at_least("n_critic_boost.n_critic", self.n_critic, 0)
+        _at_least("n_critic_boost.first_g_steps", self.first_g_steps, 0)
+        _at_least("n_critic_boost.every_g_steps", self.every_g_steps, 0)
+
+
+@dataclass
+class RunSettings:
+    """The run-wide keys of conf/train.yaml that are plain values, not `_target_` nodes."""
+
+    seed: int = 0
+    z_dim: int = 64
+    n_critic: int = 1
+    num_classes: int = 0
+    n_critic_boost: CriticBoost = field(default_factory=CriticBoost)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def __post_init__(self) -> None:
+        _at_least("seed", self.seed, 0)
+        _at_least("z_dim", self.z_dim, 1)
+        _at_least("n_critic", self.n_critic, 1)
+        _at_least("num_classes", self.num_classes, 0)
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise UserError(f"{key}={value} is out of range: it must be >= {low}")
+
+
+def check_run_settings(cfg: DictConfig) -> RunSettings:
+    """Type- and range-check the run-wide keys; returns them as a dataclass."""
+    keys = [f.name for f in RunSettings.__dataclass_fields__.values()]
+    values = OmegaConf.masked_copy(cfg, [k for k in keys if k in cfg])
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunSettings), values)
+        settings = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", "") or "?"
+        raise UserError(
+            f"{key}={_value_at(cfg, key)!r} has the wrong type or an unknown key: "
+            f"{_first_line(error.msg)}; see `gan-run --cfg job` for the expected values"
+        ) from None
+    num_data_classes = int(cfg.data.get("num_classes", 0))
+    if settings.num_classes > num_data_classes:
+        raise UserError(
+            f"num_classes={settings.num_classes} but data={_choice(cfg, 'data')} has "
+            f"{num_data_classes} labelled classes; set num_classes=0 (unconditional) or "
+            f"num_classes={num_data_classes}" if num_data_classes else
+            f"num_classes={settings.num_classes} but data={_choice(cfg, 'data')} has no labels; "
+            "set num_classes=0"
+        )
+    return settings
+
+
+def check_targets(node: Any, path: str = "") -> None:
+    """Every `_target_` must import, and every key must be one of its constructor's arguments."""
+    if isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            check_targets(item, f"{path}[{i}]")
+        return
+    if not isinstance(node, DictConfig):
+        return
+    if "_target_" in node:
+        _check_target_node(node, path)
+    for key in node:
+        if not str(key).startswith("_"):
+            check_targets(node._get_node(key), f"{path}.{key}" if path else str(key))
+
+
+def _check_target_node(node: DictConfig, path: str) -> None:
+    target = node._target_
+    try:
+        obj = get_class(target) if not _is_function_target(target) else get_method(target)
+    except Exception:
+        raise UserError(
+            f"{path}._target_={target!r} cannot be imported; check the dotted path"
+        ) from None
+    function = obj.__init__ if inspect.isclass(obj) else obj
+    signature = inspect.signature(function)
+    params = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    hints = _type_hints(function)
+    for key in node:
+        key = str(key)
+        if key.startswith("_"):
+            continue
+        if key not in params:
+            close = difflib.get_close_matches(key, list(params), n=1)
+            hint = f"did you mean '{path}.{close[0]}'?" if close else (
+                f"{obj.__name__} accepts {', '.join(p for p in params if p != 'self')}"
+            )
+            raise UserError(f"unknown key '{path}.{key}' for {obj.__name__}; {hint}")
+        _check_type(path, key, node._get_node(key), hints.get(key))
+
+
+def _is_function_target(target: str) -> bool:
+    try:
+        get_class(target)
+        return False
+    except Exception:
+        return True
+
+
+def _type_hints(function: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(function)
+    except Exception:
+        return {}
+
+
+_SCALARS = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+
+
+def _check_type(path: str, key: str, value_node: Any, hint: Any) -> None:
+    if hint is None or OmegaConf.is_missing(value_node._get_parent(), key):
+        return
+    value = value_node._value()
+    if value is None or OmegaConf.is_interpolation(value_node._get_parent(), key):
+        return
+    allowed = _allowed_scalars(hint)
+    if not allowed or isinstance(value, (DictConfig, ListConfig)):
+        return
+    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    if not ok:
+        names = " or ".join(sorted({t.__name__ for t in allowed}))
+        raise UserError(f"{path}.{key}={value!r} has the wrong type: expected {names}")
+
+
+def _allowed_scalars(hint: Any) -> tuple[type, ...]:
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _union()) else (
+        hint,
+    )
+    if any(option not in _SCALARS and option is not type(None) for option in options):
+        return ()
+    return tuple(t for option in options if option in _SCALARS for t in _SCALARS[option])
+
+
+def _union() -> Any:
+    import types
+
+    return types.UnionType
+
+
+def _value_at(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, throw_on_missing=False)
+    except Exception:
+        return None
+
+
+def _first_line(text: str) -> str:
+    return str(text).strip().splitlines()[0] if text else ""
+
+
+def _choice(cfg: DictConfig, group: str) -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.choices.get(group))
+    except Exception:
+        return group

@@ -1,0 +1,63 @@
+"""Synthetic 2D Gaussian mixtures for mode-collapse studies (PacGAN protocol, Lin et al. 2018)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from gan_runner.data.module import TensorData
+
+
+class GaussianMixture2D:
+    """Equal-weight isotropic Gaussians at fixed means in the plane."""
+
+    def __init__(self, means: Tensor, std: float, n_samples: int, seed: int) -> None:
+        if std <= 0:
+            raise ValueError(f"std must be > 0, got {std}")
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        self.means, self.std, self.n_samples, self.seed = means, std, n_samples, seed
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        modes = torch.randint(len(self.means), (n,), generator=generator)
+        points = self.means[modes] + self.std * torch.randn(n, 2, generator=generator)
+        return points, modes
+
+    def load(self, resolution: int | None = None) -> TensorData:
+        points, _ = self.sample(self.n_samples, torch.Generator().manual_seed(self.seed))
+        return TensorData(points)  # unlabeled: which Gaussian drew a point is not data
+
+
+class GaussianRing(GaussianMixture2D):
+    """Gaussians with means (r cos 2πi/n, r sin 2πi/n), i = 0..n-1 (ring8: n=8, r=1, std 0.01)."""
+
+    def __init__(
+        self,
+        n_modes: int = 8,
+        radius: float = 1.0,
+        std: float = 0.01,
+        n_samples: int = 100_000,
+        seed: int = 0,
+    ) -> None:
+        # i/n (not linspace(0, 2π, n), which repeats its first centre: VEEGAN's 7-mode ring)
+        angles = torch.arange(n_modes, dtype=torch.float64) * (2 * math.pi / n_modes)
+        means = torch.stack([radius * angles.cos(), radius * angles.sin()], dim=1).float()
+        super().__init__(means, std, n_samples, seed)
+
+
+class GaussianGrid(GaussianMixture2D):
+    """Gaussians on a square grid of side n with a given spacing (grid25: 5×5, spacing 2, std 0.05)."""
+
+    def __init__(
+        self,
+        side: int = 5,
+        spacing: float = 2.0,
+        std: float = 0.05,
+        n_samples: int = 100_000,
+        seed: int = 0,
+    ) -> None:
+        axis = (torch.arange(side, dtype=torch.float32) - (side - 1) / 2) * spacing
+        means = torch.cartesian_prod(axis, axis)
+        super().__init__(means, std, n_samples, seed)

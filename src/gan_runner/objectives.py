@@ -1,0 +1,100 @@
+"""Adversarial objectives: critic scores in, the discriminator and generator losses out.
+
+Scores are raw (no sigmoid). Both losses are minimized. `real` and `fake` are the critic's scores
+on a batch of data and a batch of generated samples, shape (N,).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class Objective:
+    """The adversarial game: a discriminator loss and a generator loss on critic scores."""
+
+    # A Wasserstein critic estimates a distance and needs a Lipschitz constraint; weight clipping
+    # is only meaningful for such objectives (validation warns otherwise).
+    wasserstein: bool = False
+
+    def discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def generator_loss(self, fake: Tensor, real: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+
+class _LogisticTarget:
+    """One-sided label smoothing for the logistic games (Salimans et al. 2016, §3.4)."""
+
+    def __init__(self, real_label: float = 1.0) -> None:
+        if not 0.5 < real_label <= 1.0:
+            raise ValueError(f"real_label must be in (0.5, 1], got {real_label}")
+        self.real_label = real_label
+
+    def logistic_discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        # -[t log sigmoid(real) + (1-t) log(1-sigmoid(real))] - log(1 - sigmoid(fake))
+        target = torch.full_like(real, self.real_label)
+        real_term = F.binary_cross_entropy_with_logits(real, target)
+        return real_term + F.softplus(fake).mean()
+
+
+class Minimax(_LogisticTarget, Objective):
+    """The saturating minimax game of Goodfellow et al. 2014 (G minimizes log(1 - D(G(z))))."""
+
+    def discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        return self.logistic_discriminator_loss(real, fake)
+
+    def generator_loss(self, fake: Tensor, real: Tensor | None = None) -> Tensor:
+        return -F.softplus(fake).mean()  # log(1 - sigmoid(fake)) = -softplus(fake)
+
+
+class NonSaturating(_LogisticTarget, Objective):
+    """The non-saturating game of Goodfellow et al. 2014, §3 (G maximizes log D(G(z)))."""
+
+    def discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        return self.logistic_discriminator_loss(real, fake)
+
+    def generator_loss(self, fake: Tensor, real: Tensor | None = None) -> Tensor:
+        return F.softplus(-fake).mean()  # -log sigmoid(fake)
+
+
+class Wasserstein(Objective):
+    """The Wasserstein-1 critic game of Arjovsky et al. 2017 (Kantorovich-Rubinstein dual)."""
+
+    wasserstein = True
+
+    def discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        return fake.mean() - real.mean()  # E[f(G(z))] - E[f(x)]
+
+    def generator_loss(self, fake: Tensor, real: Tensor | None = None) -> Tensor:
+        return -fake.mean()  # -E[f(G(z))]
+
+
+class Hinge(Objective):
+    """The hinge game of Lim & Ye 2017 and Miyato et al. 2018 (SNGAN)."""
+
+    def discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()  # E[max(0,1-D(x))] + E[max(0,1+D(G(z)))]
+
+    def generator_loss(self, fake: Tensor, real: Tensor | None = None) -> Tensor:
+        return -fake.mean()  # -E[D(G(z))]
+
+
+class LeastSquares(Objective):
+    """The least-squares game of Mao et al. 2017 (LSGAN, a-b-c coding with defaults 0-1-1)."""
+
+    def __init__(self, fake_label: float = 0.0, real_label: float = 1.0, target: float = 1.0):
+        if fake_label == real_label:
+            raise ValueError("fake_label and real_label must differ")
+        self.fake_label, self.real_label, self.target = fake_label, real_label, target
+
+    def discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        # 1/2 E[(D(x)-b)^2] + 1/2 E[(D(G(z))-a)^2]
+        return 0.5 * ((real - self.real_label) ** 2).mean() + 0.5 * (
+            (fake - self.fake_label) ** 2
+        ).mean()
+
+    def generator_loss(self, fake: Tensor, real: Tensor | None = None) -> Tensor:
+        return 0.5 * ((fake - self.target) ** 2).mean()  # 1/2 E[(D(G(z))-c)^2]

@@ -1,0 +1,128 @@
+"""Regularizers: penalties, constraints and reparametrizations attached to one player.
+
+Each regularizer implements only the hooks it needs; the training loop calls every hook of every
+configured regularizer and never asks which one it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+Critic = Callable[[Tensor, Tensor | None], Tensor]
+
+
+@dataclass
+class PenaltyInputs:
+    """What a penalty may look at during one discriminator step."""
+
+    critic: Critic  # the discriminator as a function of (samples, labels) -> scores (N,)
+    real: Tensor
+    fake: Tensor  # detached generator output
+    real_labels: Tensor | None
+    fake_labels: Tensor | None
+    d_steps: int  # discriminator steps taken before this one
+    noise: torch.Generator  # the run's per-rank generator, so penalties are reproducible
+
+
+class Regularizer:
+    """A term or constraint attached to a player; every hook defaults to doing nothing."""
+
+    # True when the penalty is a per-sample input gradient, which BatchNorm in the critic
+    # invalidates by coupling the samples of a batch (Gulrajani et al. 2017, §4).
+    per_sample_gradient: bool = False
+
+    def build(self, discriminator: nn.Module) -> nn.Module:
+        """Reparametrize the critic once, before the optimizers are made."""
+        return discriminator
+
+    def discriminator_penalty(self, inputs: PenaltyInputs) -> Tensor | None:
+        """A term added to the discriminator's loss, or None when it skips this step."""
+        return None
+
+    def after_discriminator_step(self, discriminator: nn.Module) -> None:
+        """A constraint applied to the critic after each of its optimizer steps."""
+
+
+def _input_gradient_sq_norm(critic: Critic, x: Tensor, labels: Tensor | None) -> Tensor:
+    """Per-sample squared L2 norm of d critic(x) / d x, computed in float32 with a graph."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.detach().float().requires_grad_(True)
+        (grad,) = torch.autograd.grad(critic(x, labels).float().sum(), x, create_graph=True)
+    return grad.flatten(1).pow(2).sum(dim=1)  # flatten BEFORE the norm: one norm per sample
+
+
+class GradientPenalty(Regularizer):
+    """The two-sided gradient penalty of Gulrajani et al. 2017 (WGAN-GP)."""
+
+    per_sample_gradient = True
+
+    def __init__(self, weight: float = 10.0, target: float = 1.0) -> None:
+        if weight < 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        self.weight, self.target = weight, target
+
+    def discriminator_penalty(self, inputs: PenaltyInputs) -> Tensor:
+        real, fake = inputs.real.detach(), inputs.fake.detach()
+        shape = (real.shape[0],) + (1,) * (real.dim() - 1)  # one epsilon per sample, not per pixel
+        eps = torch.rand(shape, device=real.device, generator=inputs.noise)
+        mixed = eps * real.float() + (1 - eps) * fake.float()
+        # Interpolates carry the real labels: conditional critics see (x_hat, y) pairs.
+        sq_norm = _input_gradient_sq_norm(inputs.critic, mixed, inputs.real_labels)
+        return self.weight * ((sq_norm + 1e-12).sqrt() - self.target).pow(2).mean()  # λ E(‖∇‖-1)²
+
+
+class R1(Regularizer):
+    """The R1 penalty on real data of Mescheder et al. 2018, lazy as in Karras et al. 2020."""
+
+    per_sample_gradient = True
+
+    def __init__(self, gamma: float = 10.0, every: int = 1) -> None:
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.gamma, self.every = gamma, every
+
+    def discriminator_penalty(self, inputs: PenaltyInputs) -> Tensor | None:
+        if inputs.d_steps % self.every:
+            return None
+        sq_norm = _input_gradient_sq_norm(inputs.critic, inputs.real, inputs.real_labels)
+        # Applied every k-th step, scaled by k to keep its average strength (StyleGAN2 App. B).
+        return self.every * self.gamma / 2 * sq_norm.mean()  # γ/2 E‖∇D(x)‖²
+
+
+class WeightClip(Regularizer):
+    """Clipping of every critic weight to [-c, c] after each step (Arjovsky et al. 2017)."""
+
+    def __init__(self, clip_value: float = 0.01) -> None:
+        if clip_value <= 0:
+            raise ValueError(f"clip_value must be > 0, got {clip_value}")
+        self.clip_value = clip_value
+
+    @torch.no_grad()
+    def after_discriminator_step(self, discriminator: nn.Module) -> None:
+        for parameter in discriminator.parameters():
+            parameter.clamp_(-self.clip_value, self.clip_value)
+
+
+class SpectralNorm(Regularizer):
+    """Spectral normalization of every critic layer's weight (Miyato et al. 2018, SNGAN)."""
+
+    layer_types = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)
+
+    def __init__(self, n_power_iterations: int = 1, eps: float = 1e-12) -> None:
+        if n_power_iterations < 1:
+            raise ValueError(f"n_power_iterations must be >= 1, got {n_power_iterations}")
+        self.n_power_iterations, self.eps = n_power_iterations, eps
+
+    def build(self, discriminator: nn.Module) -> nn.Module:
+        parametrize = torch.nn.utils.parametrizations.spectral_norm
+        for module in list(discriminator.modules()):
+            already = torch.nn.utils.parametrize.is_parametrized(module, "weight")
+            if isinstance(module, self.layer_types) and not already:
+                parametrize(module, n_power_iterations=self.n_power_iterations, eps=self.eps)
+        return discriminator

@@ -1,0 +1,181 @@
+"""train(cfg): build everything a composed config names, fit it, and report where results are."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ProgressBar
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from gan_runner.callbacks.checkpoint import AtomicCheckpointIO, GStepCheckpoint
+from gan_runner.callbacks.samples import SampleGrid
+from gan_runner.config import check_run_settings, check_targets
+from gan_runner.errors import UserError
+from gan_runner.module import CriticSchedule, GANModule
+
+log = logging.getLogger(__name__)
+
+
+def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """Instantiate one config node; a constructor's complaint becomes a line naming the key."""
+    try:
+        return instantiate(cfg[key], **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, (ValueError, TypeError)):
+            raise UserError(f"{key}: {cause}") from None
+        raise
+
+
+def build_discriminator(cfg: DictConfig, regularizers: dict[str, Any]) -> nn.Module:
+    discriminator = build(cfg.arch, "discriminator")
+    for regularizer in regularizers.values():
+        discriminator = regularizer.build(discriminator)
+    per_sample = [n for n, r in regularizers.items() if getattr(r, "per_sample_gradient", False)]
+    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in discriminator.modules())
+    if per_sample and has_batch_norm:
+        raise UserError(
+            f"regularizer={per_sample[0]} penalizes per-sample gradients, which BatchNorm in the "
+            "critic invalidates (arch.discriminator.norm=batch); set arch.discriminator.norm to "
+            "layer, instance or none"
+        )
+    return discriminator
+
+
+def build_module(cfg: DictConfig) -> GANModule:
+    """The LightningModule for a composed config (also used to rebuild from a checkpoint)."""
+    settings = check_run_settings(cfg)
+    regularizers = {name: build(cfg.regularizer, name) for name in cfg.regularizer}
+    objective = build(cfg, "objective")
+    if any(hasattr(r, "clip_value") for r in regularizers.values()) and not getattr(
+        objective, "wasserstein", False
+    ):
+        log.warning(
+            "regularizer=weight_clip constrains a Wasserstein critic, but objective=%s is not "
+            "one; use objective=wasserstein or drop weight_clip",
+            _choice(cfg, "objective"),
+        )
+    boost = settings.n_critic_boost
+    return GANModule(
+        generator=build(cfg.arch, "generator"),
+        discriminator=build_discriminator(cfg, regularizers),
+        objective=objective,
+        latent=build(cfg, "latent"),
+        z_dim=settings.z_dim,
+        generator_optimizer=build(cfg.optimizer, "generator"),
+        discriminator_optimizer=build(cfg.optimizer, "discriminator"),
+        regularizers=regularizers,
+        schedule=build(cfg, "schedule") if cfg.get("schedule") else None,
+        critic_schedule=CriticSchedule(
+            settings.n_critic, boost.n_critic, boost.first_g_steps, boost.every_g_steps
+        ),
+        num_classes=settings.num_classes,
+        log_every=settings.train.log_every,
+        seed=settings.seed,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def _choice(cfg: DictConfig, group: str) -> str:
+    from gan_runner.config import _choice as choice
+
+    return choice(cfg, group)
+
+
+class StopAtGSteps(pl.Callback):
+    """Ends the fit after `g_steps` generator steps: run length is counted in G steps."""
+
+    def __init__(self, g_steps: int) -> None:
+        self.g_steps = g_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module.counters.g_steps >= self.g_steps:
+            trainer.should_stop = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if pl_module.counters.g_steps >= self.g_steps:
+            trainer.should_stop = True
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list) -> pl.Trainer:
+    return build(cfg, "trainer", callbacks=callbacks, logger=loggers or False,
+                 plugins=[AtomicCheckpointIO()])
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train the configured GAN; returns the final logged metrics as floats."""
+    check_targets(cfg)
+    settings = check_run_settings(cfg)
+    pl.seed_everything(settings.seed, workers=True, verbose=False)
+    datamodule = build(cfg, "data")
+    module = build_module(cfg)
+    callbacks = [build(cfg.callbacks, name) for name in cfg.callbacks if cfg.callbacks[name]]
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it must hide
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    callbacks.append(StopAtGSteps(settings.train.g_steps))
+    loggers = [build(cfg.logger, name) for name in cfg.logger if cfg.logger[name]]
+    for logger in loggers:
+        logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
+    trainer = build_trainer(cfg, callbacks, loggers)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume") or None)
+    finally:
+        _finish_wandb(loggers)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if _is_scalar(v)}
+    report(cfg, module, callbacks, metrics)
+    return metrics
+
+
+def _is_scalar(value: Any) -> bool:
+    return not isinstance(value, torch.Tensor) or value.numel() == 1
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config as flat dotted keys of plain values (what W&B and CSV can filter on)."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    if isinstance(tree, list):
+        return {prefix[:-1]: str(tree)}
+    return {prefix[:-1]: tree}
+
+
+def _finish_wandb(loggers: list) -> None:
+    # WandbLogger.finalize does not end the run: without finish(), the next job of a
+    # multirun would log into this one.
+    if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def report(cfg: DictConfig, module: GANModule, callbacks: list, metrics: dict[str, float]) -> None:
+    """Print where the run's results are: folder, final metrics, latest samples, checkpoint."""
+    if module.global_rank != 0:
+        return
+    lines = [f"Run folder: {Path(cfg.paths.output_dir).resolve()}"]
+    lines.append(
+        f"Trained {module.counters.g_steps} generator steps "
+        f"({module.counters.d_steps} discriminator steps, {module.counters.images_seen / 1000:.1f} kimg)"
+    )
+    shown = {k: v for k, v in sorted(metrics.items()) if not math.isnan(v)}
+    if shown:
+        lines.append("Final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    for callback in callbacks:
+        if isinstance(callback, SampleGrid) and callback.last_path:
+            lines.append(f"Samples: {callback.last_path.resolve()}")
+        if isinstance(callback, GStepCheckpoint):
+            lines.append(f"Checkpoint: {callback.last_path.resolve()}")
+    print("\n".join(lines), flush=True)
