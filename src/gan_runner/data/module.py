@@ -95,8 +95,15 @@ class GANDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         keep_on_device: bool = True,
         seed: int = 0,
+        resolution: int | None = None,
+        channels: int | None = None,
     ) -> None:
         super().__init__()
+        # resolution and channels are the config's handles on shape ([C, R, R] for images).
+        if resolution is not None and list(shape[-2:]) != [resolution, resolution]:
+            raise ValueError(f"data.shape {list(shape)} does not match data.resolution={resolution}")
+        if channels is not None and shape[0] != channels:
+            raise ValueError(f"data.shape {list(shape)} does not match data.channels={channels}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.source = source
