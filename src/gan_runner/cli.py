@@ -32,6 +32,14 @@ def group_options(group: str) -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def _top_level_keys() -> list[str]:
+    from omegaconf import OmegaConf
+
+    root = OmegaConf.load(str(config_dir() / f"{CONFIG_NAME}.yaml"))
+    groups = [p.name for p in config_dir().iterdir() if p.is_dir()]
+    return [str(k) for k in root if k != "defaults"] + groups
+
+
 def describe_error(error: BaseException) -> str:
     """One line for a configuration error, naming the key, the value and the fix."""
     if isinstance(error, UserError):
@@ -45,13 +53,17 @@ def describe_error(error: BaseException) -> str:
             close = difflib.get_close_matches(value, options, n=1)
             hint = f"did you mean {group}={close[0]}? " if close else ""
             return f"unknown option {group}={value}; {hint}choose one of: {', '.join(options)}"
+    if error.__cause__ is not None:
+        message = f"{message}\n{error.__cause__}"
     match = re.search(r"Key '([^']+)' (?:is not in struct|not in '\w+')", message)
     if match:
         key = re.search(r"full_key: (\S+)", message)
         full = key.group(1) if key else match.group(1)
+        close = difflib.get_close_matches(full, _top_level_keys(), n=1) if "." not in full else []
+        hint = f"did you mean '{close[0]}'? " if close else ""
         return (
-            f"unknown key '{full}'; check its spelling with `gan-run --cfg job`, or add a new "
-            f"key with +{full}=..."
+            f"unknown key '{full}'; {hint}check spelling with `gan-run --cfg job`, or add a "
+            f"new key with +{full}=..."
         )
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return " ".join(lines[:2]) if lines else type(error).__name__

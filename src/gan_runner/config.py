@@ -82,8 +82,9 @@ def check_run_settings(cfg: DictConfig) -> RunSettings:
         raise UserError(
             f"num_classes={settings.num_classes} but data={_choice(cfg, 'data')} has "
             f"{num_data_classes} labelled classes; set num_classes=0 (unconditional) or "
-            f"num_classes={num_data_classes}" if num_data_classes else
-            f"num_classes={settings.num_classes} but data={_choice(cfg, 'data')} has no labels; "
+            f"num_classes={num_data_classes}"
+            if num_data_classes
+            else f"num_classes={settings.num_classes} but data={_choice(cfg, 'data')} has no labels; "
             "set num_classes=0"
         )
     return settings
@@ -124,8 +125,10 @@ def _check_target_node(node: DictConfig, path: str) -> None:
             continue
         if key not in params:
             close = difflib.get_close_matches(key, list(params), n=1)
-            hint = f"did you mean '{path}.{close[0]}'?" if close else (
-                f"{obj.__name__} accepts {', '.join(p for p in params if p != 'self')}"
+            hint = (
+                f"did you mean '{path}.{close[0]}'?"
+                if close
+                else (f"{obj.__name__} accepts {', '.join(p for p in params if p != 'self')}")
             )
             raise UserError(f"unknown key '{path}.{key}' for {obj.__name__}; {hint}")
         _check_type(path, key, node._get_node(key), hints.get(key))
@@ -165,8 +168,8 @@ def _check_type(path: str, key: str, value_node: Any, hint: Any) -> None:
 
 
 def _allowed_scalars(hint: Any) -> tuple[type, ...]:
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _union()) else (
-        hint,
+    options = (
+        typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _union()) else (hint,)
     )
     if any(option not in _SCALARS and option is not type(None) for option in options):
         return ()

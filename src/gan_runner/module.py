@@ -94,7 +94,7 @@ class GANModule(pl.LightningModule):
         self.counters = Counters()
         self.noise: torch.Generator | None = None
         self._grad_norms: dict[str, Tensor] = {}
-        self._log_this_step = False
+        self.logs_this_step = False
         # The fixed latent batch behind every sample grid: a persistent buffer, so grids stay
         # comparable across resumes and the EMA generator draws the same points.
         fixed = torch.Generator().manual_seed(seed)
@@ -149,11 +149,11 @@ class GANModule(pl.LightningModule):
         g_step_due = self.counters.critic_steps_since_g + 1 >= self.critic_schedule.critic_steps(
             self.counters.g_steps
         )
-        self._log_this_step = g_step_due and (self.counters.g_steps + 1) % self.log_every == 0
+        self.logs_this_step = g_step_due and (self.counters.g_steps + 1) % self.log_every == 0
         logs = self._discriminator_step(real, real_labels)
         if g_step_due:
             logs.update(self._generator_step(real, real_labels))
-        if self._log_this_step:
+        if self.logs_this_step:
             self._log_step(logs)
 
     def _discriminator_step(self, real: Tensor, real_labels: Tensor | None) -> dict[str, Tensor]:
@@ -167,7 +167,13 @@ class GANModule(pl.LightningModule):
             loss = self.objective.discriminator_loss(real_scores, fake_scores)
             logs = {"d_loss": loss.detach()}
             inputs = PenaltyInputs(
-                self.critic, real, fake, real_labels, fake_labels, self.counters.d_steps, self.noise
+                self.critic,
+                real,
+                fake,
+                real_labels,
+                fake_labels,
+                self.counters.d_steps,
+                self.noise,
             )
             for name, regularizer in self.regularizers.items():
                 term = regularizer.discriminator_penalty(inputs)
@@ -212,7 +218,7 @@ class GANModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         # Runs after AMP unscaling, so the norms are the true ones.
-        if not self._log_this_step:
+        if not self.logs_this_step:
             return
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if grads:
@@ -227,9 +233,14 @@ class GANModule(pl.LightningModule):
         values["train/kimg"] = self.counters.images_seen / 1000.0
         for opt_name, opt in zip(("discriminator", "generator"), self.optimizers()):
             values[f"train/lr/{opt_name}"] = float(opt.param_groups[0]["lr"])
+        values = {key: float(value) for key, value in values.items()}  # one host sync per log
+        # Straight to the loggers with step = generator steps: Lightning's own step counts
+        # batches, and its on-step results would be re-logged on every later batch.
+        for logger in self.loggers:
+            logger.log_metrics(values, step=self.counters.g_steps)
         shown = {"train/d_loss", "train/g_loss", "train/g_steps"}
         for key, value in values.items():
-            self.log(key, value, prog_bar=key in shown, on_step=True, batch_size=1)
+            self.log(key, value, prog_bar=key in shown, logger=False, on_step=True, batch_size=1)
         self._grad_norms.clear()
 
     def configure_optimizers(self) -> Any:

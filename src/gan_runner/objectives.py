@@ -76,7 +76,9 @@ class Hinge(Objective):
     """The hinge game of Lim & Ye 2017 and Miyato et al. 2018 (SNGAN)."""
 
     def discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
-        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()  # E[max(0,1-D(x))] + E[max(0,1+D(G(z)))]
+        return (
+            F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+        )  # E[max(0,1-D(x))] + E[max(0,1+D(G(z)))]
 
     def generator_loss(self, fake: Tensor, real: Tensor | None = None) -> Tensor:
         return -fake.mean()  # -E[D(G(z))]
@@ -92,9 +94,10 @@ class LeastSquares(Objective):
 
     def discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
         # 1/2 E[(D(x)-b)^2] + 1/2 E[(D(G(z))-a)^2]
-        return 0.5 * ((real - self.real_label) ** 2).mean() + 0.5 * (
-            (fake - self.fake_label) ** 2
-        ).mean()
+        return (
+            0.5 * ((real - self.real_label) ** 2).mean()
+            + 0.5 * ((fake - self.fake_label) ** 2).mean()
+        )
 
     def generator_loss(self, fake: Tensor, real: Tensor | None = None) -> Tensor:
         return 0.5 * ((fake - self.target) ** 2).mean()  # 1/2 E[(D(G(z))-c)^2]

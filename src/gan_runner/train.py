@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ProgressBar
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -42,7 +43,9 @@ def build_discriminator(cfg: DictConfig, regularizers: dict[str, Any]) -> nn.Mod
     for regularizer in regularizers.values():
         discriminator = regularizer.build(discriminator)
     per_sample = [n for n, r in regularizers.items() if getattr(r, "per_sample_gradient", False)]
-    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in discriminator.modules())
+    has_batch_norm = any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in discriminator.modules()
+    )
     if per_sample and has_batch_norm:
         raise UserError(
             f"regularizer={per_sample[0]} penalizes per-sample gradients, which BatchNorm in the "
@@ -108,12 +111,41 @@ class StopAtGSteps(pl.Callback):
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list) -> pl.Trainer:
-    return build(cfg, "trainer", callbacks=callbacks, logger=loggers or False,
-                 plugins=[AtomicCheckpointIO()])
+    return build(
+        cfg,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(fragment in record.getMessage() for fragment in self.fragments)
+
+
+def quiet_library_noise() -> None:
+    """Keep the console to what a GAN user acts on: one copy of each line, no adverts."""
+    lightning_root = logging.getLogger("lightning")
+    if logging.getLogger().handlers:  # inside Hydra: its handler already prints everything once
+        for handler in list(lightning_root.handlers):
+            lightning_root.removeHandler(handler)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        _DropMessages("litlogger", "TPU available", "HPU available")
+    )
+    # The EMA generator is in eval mode on purpose; it has no gradients and never trains.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train the configured GAN; returns the final logged metrics as floats."""
+    quiet_library_noise()
     check_targets(cfg)
     settings = check_run_settings(cfg)
     pl.seed_everything(settings.seed, workers=True, verbose=False)

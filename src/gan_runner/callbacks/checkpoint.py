@@ -52,9 +52,10 @@ class GStepCheckpoint(pl.Callback):
 
     def save(self, trainer: pl.Trainer, g_steps: int) -> None:
         self._saved_at = g_steps
-        trainer.save_checkpoint(self.last_path)
+        # Full state (optimizers, callbacks, loops): everything an exact resume needs.
+        trainer.save_checkpoint(self.last_path, weights_only=False)
         if self.keep_periodic:
-            trainer.save_checkpoint(self.dirpath / f"g{g_steps:07d}.ckpt")
+            trainer.save_checkpoint(self.dirpath / f"g{g_steps:07d}.ckpt", weights_only=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         g_steps = pl_module.counters.g_steps

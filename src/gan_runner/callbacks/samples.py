@@ -50,7 +50,9 @@ class SampleGrid(pl.Callback):
         self.last_path = path
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
-                logger.log_image(key="samples", images=[image.permute(1, 2, 0).numpy()], step=g_steps)
+                logger.log_image(
+                    key="samples", images=[image.permute(1, 2, 0).numpy()], step=g_steps
+                )
 
     def _scatter(self, trainer, pl_module, path: Path) -> Tensor:
         generator = torch.Generator(device=pl_module.device).manual_seed(pl_module.seed)
@@ -58,4 +60,6 @@ class SampleGrid(pl.Callback):
         fake = pl_module.sample(z).cpu()
         data = trainer.datamodule.data.samples[: self.n_scatter].float().cpu()
         means = getattr(trainer.datamodule.source, "means", None)
-        return scatter_over_data(fake, data, means, path, title=f"g_steps={pl_module.counters.g_steps}")
+        return scatter_over_data(
+            fake, data, means, path, title=f"g_steps={pl_module.counters.g_steps}"
+        )

@@ -101,7 +101,9 @@ class GANDataModule(pl.LightningDataModule):
         super().__init__()
         # resolution and channels are the config's handles on shape ([C, R, R] for images).
         if resolution is not None and list(shape[-2:]) != [resolution, resolution]:
-            raise ValueError(f"data.shape {list(shape)} does not match data.resolution={resolution}")
+            raise ValueError(
+                f"data.shape {list(shape)} does not match data.resolution={resolution}"
+            )
         if channels is not None and shape[0] != channels:
             raise ValueError(f"data.shape {list(shape)} does not match data.channels={channels}")
         if batch_size < 1:
@@ -142,7 +144,9 @@ class GANDataModule(pl.LightningDataModule):
         return self.trainer.world_size if self.trainer is not None else 1
 
     def _device(self) -> torch.device:
-        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        return (
+            self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        )
 
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0

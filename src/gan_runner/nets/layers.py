@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -42,6 +43,22 @@ def check_power_of_two_resolution(resolution: int, low: int = 8, high: int = 128
     return log2
 
 
+def check_image_shape(data_shape: Sequence[int], arch: str) -> tuple[int, int]:
+    """Return (channels, resolution) of square image data, or say which arch fits the data."""
+    shape = [int(size) for size in data_shape]
+    if len(shape) != 3:
+        raise ValueError(
+            f"arch {arch} needs image data (data.shape [C, H, W]), got {shape}; "
+            "use arch=mlp for 2D data"
+        )
+    channels, height, width = shape
+    if height != width:
+        raise ValueError(
+            f"arch {arch} needs square images, got data.shape {shape}; set data.resolution"
+        )
+    return channels, height
+
+
 class LabelEmbedding(nn.Module):
     """A learned class embedding concatenated to the latent code (conditional generators)."""
 
@@ -54,7 +71,7 @@ class LabelEmbedding(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """Class-conditional term <embed(y), h> of the projection discriminator (Miyato & Koyama 2018)."""
+    """The class term <embed(y), h> of the projection discriminator (Miyato & Koyama 2018)."""
 
     def __init__(self, num_classes: int, features: int) -> None:
         super().__init__()
@@ -62,3 +79,20 @@ class ProjectionHead(nn.Module):
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         return (self.embedding(labels) * features).sum(dim=1)
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm with a per-class scale and shift (de Vries et al. 2017; Miyato & Koyama 2018)."""
+
+    def __init__(self, num_classes: int, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.scale = nn.Embedding(num_classes, channels)
+        self.shift = nn.Embedding(num_classes, channels)
+        # Every class starts as the identity affine map, like plain BatchNorm's initial state.
+        nn.init.ones_(self.scale.weight)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
+        scale, shift = self.scale(labels)[:, :, None, None], self.shift(labels)[:, :, None, None]
+        return self.norm(x) * scale + shift

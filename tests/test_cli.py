@@ -1,0 +1,182 @@
+"""`gan-run` end to end: outputs of a run, a multirun, Hydra's own flags, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from gan_runner import cli
+
+GAN_RUN = str(Path(sys.executable).with_name("gan-run"))
+FAST = ["trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+
+
+def gan_run(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [GAN_RUN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def run_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Call the console entry point in this process (no torch start-up cost per case)."""
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["gan-run", *args])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    code = 0
+    try:
+        cli.run()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        GlobalHydra.instance().clear()
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def only_run_folder(root: Path) -> Path:
+    folders = [p.parent for p in root.glob("outputs/*/*/.hydra")]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+def test_default_run_writes_every_artefact_and_says_where(tmp_path: Path) -> None:
+    result = gan_run(tmp_path, "train.g_steps=120", "train.log_every=20", *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = only_run_folder(tmp_path)
+    assert f"Run folder: {run.resolve()}" in result.stdout
+    assert "Trained 120 generator steps (120 discriminator steps" in result.stdout
+    assert "Samples: " in result.stdout and "Checkpoint: " in result.stdout
+    for name in ["config.yaml", "overrides.yaml"]:
+        assert (run / ".hydra" / name).is_file()
+    assert (run / "samples" / "g0000120.png").stat().st_size > 1000
+    assert (run / "loss_curve.png").stat().st_size > 1000
+    with open(run / "csv" / "metrics.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("train/g_steps")]
+    assert [float(r["train/g_steps"]) for r in rows] == [20, 40, 60, 80, 100, 120]
+    assert all(float(r["train/d_loss"]) > 0 for r in rows)
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    state = checkpoint["gan_runner"]
+    assert state["counters"]["g_steps"] == 120 and state["counters"]["d_steps"] == 120
+    assert state["config"]["train"]["g_steps"] == 120  # the resolved config travels along
+    assert any(k.startswith("generator_ema.") for k in checkpoint["state_dict"])
+    assert not list(run.glob("checkpoints/.*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_multirun_of_two_jobs_writes_two_run_folders(tmp_path: Path) -> None:
+    result = gan_run(
+        tmp_path,
+        "-m",
+        "seed=1,2",
+        "train.g_steps=10",
+        "train.log_every=5",
+        *FAST,
+        "callbacks=none",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(tmp_path.glob("outputs/multirun/*/*/[0-9]"))
+    assert [job.name for job in jobs] == ["0", "1"]
+    for job, seed in zip(jobs, (1, 2)):
+        assert f"seed: {seed}" in (job / ".hydra" / "config.yaml").read_text()
+        assert (job / "csv" / "metrics.csv").is_file()
+    assert result.stdout.count("Trained 10 generator steps") == 2
+
+
+def test_bad_input_from_the_real_console_script_is_one_line(tmp_path: Path) -> None:
+    result = gan_run(tmp_path, "model=wgangp")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], (
+        "expected exactly one line on stderr"
+    )
+    assert "unknown option model=wgangp; did you mean model=wgan_gp?" in result.stderr
+    assert not (tmp_path / "outputs").exists() or not list(tmp_path.glob("outputs/*/*/csv"))
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["model=wgangp"], "unknown option model=wgangp; did you mean model=wgan_gp?"),
+        (["objective=hinj"], "unknown option objective=hinj; did you mean objective=hinge?"),
+        (["n_critc=3"], "unknown key 'n_critc'"),
+        (["optimizer.generator.lrr=0.1"], "unknown key 'optimizer.generator.lrr'"),
+        (["n_critic=abc"], "n_critic='abc' has the wrong type"),
+        (["objective.real_label=abc"], "objective.real_label='abc' has the wrong type"),
+        (["n_critic=0"], "n_critic=0 is out of range: it must be >= 1"),
+        (["train.g_steps=-5"], "train.g_steps=-5 is out of range"),
+        (["regularizer.gradient_penalty.weight=-1", "model=wgan_gp"], "weight must be >= 0"),
+        (
+            ["model=wgan_gp", "arch.discriminator.norm=batch"],
+            "regularizer=gradient_penalty penalizes per-sample gradients",
+        ),
+        (["regularizer=[r1]", "arch.discriminator.norm=batch"], "regularizer=r1 penalizes"),
+        (["+arch.generator.hiden=[8]"], "did you mean 'arch.generator.hidden'?"),
+        (["num_classes=10"], "num_classes=10 but data=ring8 has no labels"),
+        (["data.batch_size=0"], "batch_size must be >= 1"),
+    ],
+)
+def test_bad_input_ends_with_one_line_naming_key_and_fix(
+    monkeypatch, capsys, tmp_path, args: list[str], expected: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_in_process(monkeypatch, capsys, *FAST, "train.g_steps=1", *args)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def test_weight_clip_with_a_non_wasserstein_objective_warns_and_trains(
+    monkeypatch, capsys, tmp_path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_in_process(
+        monkeypatch, capsys, "regularizer=[weight_clip]", "train.g_steps=2", *FAST
+    )
+    assert code == 0, err
+    assert "use objective=wasserstein or drop weight_clip" in out + err
+    assert "Trained 2 generator steps" in out
+
+
+def test_cfg_job_prints_the_composed_recipe_without_training(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_in_process(
+        monkeypatch, capsys, "model=wgan_gp", "objective=hinge", "--cfg", "job"
+    )
+    assert code == 0
+    assert "_target_: gan_runner.objectives.Hinge" in out  # the command line beats the recipe
+    assert "_target_: gan_runner.regularizers.GradientPenalty" in out
+    assert "n_critic: 5" in out
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_info_defaults_tree_and_help_are_hydras_own(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_in_process(monkeypatch, capsys, "model=sngan", "--info", "defaults-tree")
+    assert code == 0 and "model: sngan" in out and "objective: hinge" in out
+    code, out, _ = run_in_process(monkeypatch, capsys, "--help")
+    assert code == 0 and "model: dcgan, gan, lsgan, nsgan, sngan, wgan, wgan_gp" in out
+
+
+def test_shell_completion_script_is_available(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_in_process(monkeypatch, capsys, "-sc", "install=bash")
+    assert code == 0 and "complete" in out and "gan-run" in out
+
+
+def test_gan_list_prints_every_option_with_its_description(capsys) -> None:
+    cli.list_options()
+    out = capsys.readouterr().out
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    for path in conf.glob("*/*.yaml"):
+        if path.parent.name in ("hydra", "paths"):
+            continue
+        assert f"  {path.stem}" in out, path
+    assert "wgan_gp" in out and "Gulrajani et al. 2017" in out
