@@ -92,7 +92,7 @@ class R1(Regularizer):
             return None
         sq_norm = _input_gradient_sq_norm(inputs.critic, inputs.real, inputs.real_labels)
         # Applied every k-th step, scaled by k to keep its average strength (StyleGAN2 App. B).
-        return self.every * self.gamma * sq_norm.mean()  # γ/2 E‖∇D(x)‖²
+        return self.every * self.gamma / 2 * sq_norm.mean()  # γ/2 E‖∇D(x)‖²
 
 
 class WeightClip(Regularizer):

@@ -38,6 +38,21 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         raise
 
 
+def build_each(cfg: DictConfig, group: str, **kwargs: Any) -> list[Any]:
+    """Instantiate every entry of a dict-of-objects group (callbacks, logger); null skips one."""
+    objects = []
+    for name, node in cfg[group].items():
+        if node is None:
+            continue
+        if "_target_" not in node:
+            raise UserError(
+                f"{group}.{name} sets {', '.join(map(str, node))} but {group}.{name} is not "
+                f"selected (it has no _target_); select a {group} option that has it, or drop it"
+            )
+        objects.append(build(cfg[group], name, **kwargs))
+    return objects
+
+
 def build_discriminator(cfg: DictConfig, regularizers: dict[str, Any]) -> nn.Module:
     discriminator = build(cfg.arch, "discriminator")
     for regularizer in regularizers.values():
@@ -151,11 +166,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(settings.seed, workers=True, verbose=False)
     datamodule = build(cfg, "data")
     module = build_module(cfg)
-    callbacks = [build(cfg.callbacks, name) for name in cfg.callbacks if cfg.callbacks[name]]
+    callbacks = build_each(cfg, "callbacks")
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it must hide
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks.append(StopAtGSteps(settings.train.g_steps))
-    loggers = [build(cfg.logger, name) for name in cfg.logger if cfg.logger[name]]
+    loggers = build_each(cfg, "logger")
     for logger in loggers:
         logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
     trainer = build_trainer(cfg, callbacks, loggers)
