@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.utils import get_class, get_method
+from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -108,7 +108,7 @@ def check_targets(node: Any, path: str = "") -> None:
 def _check_target_node(node: DictConfig, path: str) -> None:
     target = node._target_
     try:
-        obj = get_class(target) if not _is_function_target(target) else get_method(target)
+        obj = get_object(target)
     except Exception:
         raise UserError(
             f"{path}._target_={target!r} cannot be imported; check the dotted path"
@@ -132,14 +132,6 @@ def _check_target_node(node: DictConfig, path: str) -> None:
             )
             raise UserError(f"unknown key '{path}.{key}' for {obj.__name__}; {hint}")
         _check_type(path, key, node._get_node(key), hints.get(key))
-
-
-def _is_function_target(target: str) -> bool:
-    try:
-        get_class(target)
-        return False
-    except Exception:
-        return True
 
 
 def _type_hints(function: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from gan_runner.callbacks.checkpoint import AtomicCheckpointIO, GStepCheckpoint
 from gan_runner.callbacks.samples import SampleGrid
 from gan_runner.config import check_run_settings, check_targets
 from gan_runner.errors import UserError
+from gan_runner.loggers import finish_wandb
 from gan_runner.module import CriticSchedule, GANModule
 
 log = logging.getLogger(__name__)
@@ -171,13 +172,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks.append(StopAtGSteps(settings.train.g_steps))
     loggers = build_each(cfg, "logger")
-    for logger in loggers:
-        logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
-    trainer = build_trainer(cfg, callbacks, loggers)
-    try:
+    fitted = False
+    try:  # the W&B run starts at log_hyperparams: end it even if the trainer fails to build
+        for logger in loggers:
+            logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
+        trainer = build_trainer(cfg, callbacks, loggers)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume") or None)
+        fitted = True
     finally:
-        _finish_wandb(loggers)
+        # WandbLogger.finalize does not end the run: without finish(), the next job of a
+        # multirun would log into this one.
+        last = next((c.last_path for c in callbacks if isinstance(c, GStepCheckpoint)), None)
+        finish_wandb(loggers, checkpoint=last if fitted else None, exit_code=0 if fitted else 1)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if _is_scalar(v)}
     report(cfg, module, callbacks, metrics)
     return metrics
@@ -197,15 +203,6 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, list):
         return {prefix[:-1]: str(tree)}
     return {prefix[:-1]: tree}
-
-
-def _finish_wandb(loggers: list) -> None:
-    # WandbLogger.finalize does not end the run: without finish(), the next job of a
-    # multirun would log into this one.
-    if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
-        import wandb
-
-        wandb.finish()
 
 
 def report(cfg: DictConfig, module: GANModule, callbacks: list, metrics: dict[str, float]) -> None:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from gan_runner.loggers import log_image
 from gan_runner.plots import save_png, scatter_over_data
 
 
@@ -48,11 +49,7 @@ class SampleGrid(pl.Callback):
             image = to_uint8_grid(samples.cpu())
             save_png(image, path)
         self.last_path = path
-        for logger in trainer.loggers:
-            if hasattr(logger, "log_image"):
-                logger.log_image(
-                    key="samples", images=[image.permute(1, 2, 0).numpy()], step=g_steps
-                )
+        log_image(trainer.loggers, "samples", image, g_steps)
 
     def _scatter(self, trainer, pl_module, path: Path) -> Tensor:
         generator = torch.Generator(device=pl_module.device).manual_seed(pl_module.seed)
