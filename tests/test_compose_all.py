@@ -11,10 +11,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from conftest import options
 from gan_runner.errors import UserError
 from gan_runner.train import train
-
-from conftest import options
 
 GROUPS = [
     "data", "model", "arch", "objective", "regularizer", "optimizer", "schedule", "latent",

@@ -1,4 +1,4 @@
-"""Console entry points: `gan-run` (Hydra app around train) and `gan-list` (every config option)."""
+"""Console entry points: `gan-run` (the Hydra app around train) and `gan-list` (options)."""
 
 from __future__ import annotations
 

@@ -79,14 +79,14 @@ def check_run_settings(cfg: DictConfig) -> RunSettings:
         ) from None
     num_data_classes = int(cfg.data.get("num_classes", 0))
     if settings.num_classes > num_data_classes:
-        raise UserError(
-            f"num_classes={settings.num_classes} but data={_choice(cfg, 'data')} has "
-            f"{num_data_classes} labelled classes; set num_classes=0 (unconditional) or "
-            f"num_classes={num_data_classes}"
+        data = _choice(cfg, "data")
+        fix = (
+            f"set num_classes=0 (unconditional) or num_classes={num_data_classes}"
             if num_data_classes
-            else f"num_classes={settings.num_classes} but data={_choice(cfg, 'data')} has no labels; "
-            "set num_classes=0"
+            else "set num_classes=0, or give the data set labels (data.num_classes)"
         )
+        labels = f"{num_data_classes} labelled classes" if num_data_classes else "no labels"
+        raise UserError(f"num_classes={settings.num_classes} but data={data} has {labels}; {fix}")
     return settings
 
 

@@ -212,7 +212,8 @@ def report(cfg: DictConfig, module: GANModule, callbacks: list, metrics: dict[st
     lines = [f"Run folder: {Path(cfg.paths.output_dir).resolve()}"]
     lines.append(
         f"Trained {module.counters.g_steps} generator steps "
-        f"({module.counters.d_steps} discriminator steps, {module.counters.images_seen / 1000:.1f} kimg)"
+        f"({module.counters.d_steps} discriminator steps, "
+        f"{module.counters.images_seen / 1000:.1f} kimg)"
     )
     shown = {k: v for k, v in sorted(metrics.items()) if not math.isnan(v)}
     if shown:

@@ -38,7 +38,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class GStepCheckpoint(pl.Callback):
-    """Saves `last.ckpt` every `every` generator steps and at the end; `g<steps>.ckpt` too if asked."""
+    """Saves last.ckpt every `every` generator steps and at the end; g<steps>.ckpt if asked."""
 
     def __init__(self, dirpath: str, every: int = 1000, keep_periodic: bool = True) -> None:
         if every < 1:

@@ -1,4 +1,4 @@
-"""Fixed-noise sample grids (images) or scatter plots over the data (2D), every N generator steps."""
+"""Fixed-noise sample grids (images) or scatter plots over the data (2D) every N G steps."""
 
 from __future__ import annotations
 

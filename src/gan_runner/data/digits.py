@@ -8,7 +8,7 @@ from gan_runner.data.module import TensorData
 
 
 class Digits:
-    """The 1,797 UCI optical-recognition digits (Alpaydin & Kaynak 1998) shipped with scikit-learn."""
+    """The 1,797 UCI optical-recognition digits (Alpaydin & Kaynak 1998), in scikit-learn."""
 
     def load(self, resolution: int | None = None) -> TensorData:
         from sklearn.datasets import load_digits

@@ -48,7 +48,7 @@ class GaussianRing(GaussianMixture2D):
 
 
 class GaussianGrid(GaussianMixture2D):
-    """Gaussians on a square grid of side n with a given spacing (grid25: 5×5, spacing 2, std 0.05)."""
+    """Gaussians on a square grid (grid25: side 5, spacing 2, std 0.05)."""
 
     def __init__(
         self,
