@@ -23,6 +23,7 @@ from gan_runner.regularizers import PenaltyInputs, Regularizer
 
 CHECKPOINT_KEY = "gan_runner"
 CHECKPOINT_FORMAT = 1
+FIXED_LATENT_SEED_OFFSET = 1_000_003
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ class GANModule(pl.LightningModule):
         self.logs_this_step = False
         # The fixed latent batch behind every sample grid: a persistent buffer, so grids stay
         # comparable across resumes and the EMA generator draws the same points.
-        fixed = torch.Generator().manual_seed(seed)
+        # Offset from the run seed so the grid's z is not the first training batch's z.
+        fixed = torch.Generator().manual_seed(seed + FIXED_LATENT_SEED_OFFSET)
         self.register_buffer("fixed_latent", latent.sample(n_fixed_samples, z_dim, fixed))
         labels = torch.arange(n_fixed_samples) % num_classes if num_classes else torch.empty(0)
         self.register_buffer("fixed_labels", labels.long())
@@ -106,7 +108,8 @@ class GANModule(pl.LightningModule):
     @property
     def sampling_generator(self) -> nn.Module:
         """The generator used for samples and evaluation: the EMA copy when one exists."""
-        return getattr(self, "generator_ema", None) or self.generator
+        ema = getattr(self, "generator_ema", None)
+        return self.generator if ema is None else ema
 
     def draw_latent(self, n: int) -> tuple[Tensor, Tensor | None]:
         """Latent codes (and uniform class labels when conditional) from the run's generator."""

@@ -51,7 +51,9 @@ class GeneratorEMA(pl.Callback):
             return  # no generator step this batch
         self._g_steps_seen = g_steps
         batch_images = batch["samples"].shape[0] * trainer.world_size
-        self.update(pl_module, self.beta(batch_images, pl_module.counters.images_seen))
+        # One update per G step, so the ramp-up counts G-side images too (not D's, which
+        # n_critic multiplies).
+        self.update(pl_module, self.beta(batch_images, g_steps * batch_images))
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._g_steps_seen = pl_module.counters.g_steps
