@@ -1,4 +1,4 @@
-"""Console entry points: `gan-run` (the Hydra app around train) and `gan-list` (options)."""
+"""Console entry points: `gan-run` (train), `gan-sample` (draw from a checkpoint), `gan-list`."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ def group_options(group: str) -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def _command() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "gan-run"
+
+
 def _top_level_keys() -> list[str]:
     from omegaconf import OmegaConf
 
@@ -62,7 +66,7 @@ def describe_error(error: BaseException) -> str:
         close = difflib.get_close_matches(full, _top_level_keys(), n=1) if "." not in full else []
         hint = f"did you mean '{close[0]}'? " if close else ""
         return (
-            f"unknown key '{full}'; {hint}check spelling with `gan-run --cfg job`, or add a "
+            f"unknown key '{full}'; {hint}check spelling with `{_command()} --cfg job`, or add a "
             f"new key with +{full}=..."
         )
     lines = [line.strip() for line in message.splitlines() if line.strip()]
@@ -105,6 +109,24 @@ def run() -> None:
     # fixable errors to one line. The test suite checks the behaviour, not the mechanism.
     hydra_utils.run_and_report = _report_in_one_line
     _main()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sample")
+def _sample_main(cfg: DictConfig) -> None:
+    from gan_runner.sample import sample as draw
+
+    try:
+        draw(cfg)
+    except UserError as error:
+        # Reported here, inside the job, so Hydra adds no "Error executing job" preamble.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def sample() -> None:
+    """`gan-sample ckpt=<path> [mode=grid n=64 out=...]`: compose conf/sample.yaml and draw."""
+    hydra_utils.run_and_report = _report_in_one_line
+    _sample_main()
 
 
 def _description(path: Any) -> str:

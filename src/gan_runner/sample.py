@@ -1,0 +1,299 @@
+"""gan-sample: grids, image folders, latent interpolations and latent arithmetic from a checkpoint.
+
+Everything random (latents, perturbations) is drawn on the CPU from one torch.Generator(seed), so
+the same command writes the same files on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from gan_runner.callbacks.samples import to_uint8_grid
+from gan_runner.checkpoints import rebuild
+from gan_runner.errors import UserError
+from gan_runner.metrics.base import to_uint8
+from gan_runner.module import GANModule
+from gan_runner.plots import save_png, scatter_over_data
+
+BLANK = 1.0  # white tiles pad the rows of the arithmetic sheet, like make_grid's padding
+
+
+def sample(cfg: DictConfig) -> list[Path]:
+    """Run one gan-sample mode from a composed conf/sample.yaml; returns the paths written."""
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise UserError("ckpt is not set; pass ckpt=<run folder>/checkpoints/last.ckpt")
+    if cfg.mode not in MODES:
+        raise UserError(f"mode={cfg.mode} is unknown; choose one of: {', '.join(MODES)}")
+    _check_counts(cfg)
+    trusted = list(cfg.trusted_targets)
+    module, _ = rebuild(cfg.ckpt, cfg.use_ema, cfg.device, trusted_targets=trusted)
+    if cfg.use_ema and getattr(module, "generator_ema", None) is None:
+        print(f"Note: ckpt={cfg.ckpt} has no EMA generator; sampling the live generator")
+    check_class_label(module, cfg.class_label, cfg.ckpt)
+    noise = torch.Generator().manual_seed(cfg.seed)
+    out = Path(cfg.out or ("samples" if cfg.mode == "folder" else f"{cfg.mode}.png"))
+    written = MODES[cfg.mode](module, cfg, noise, out)
+    for path in written:
+        print(f"Wrote {path.resolve()}")
+    return written
+
+
+def _check_counts(cfg: DictConfig) -> None:
+    lows = {"n": 1, "nrow": 1, "batch_size": 1, "seed": 0, "interpolation.pairs": 1}
+    lows |= {"interpolation.steps": 2, "arithmetic.candidates": 1, "arithmetic.neighbours": 0}
+    for key, low in lows.items():
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UserError(f"{key}={value!r} is invalid: it must be an integer >= {low}")
+    for key in ("interpolation.fps", "arithmetic.noise"):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise UserError(f"{key}={value!r} is invalid: it must be a number >= 0")
+
+
+# ----------------------------------------------------------------- latents and labels
+def draw_latent(module: GANModule, n: int, noise: torch.Generator, psi: float | None) -> Tensor:
+    """n latent codes from the model's p(z), truncated by ψ when given (see conf/sample.yaml)."""
+    latent, dim = module.latent, module.z_dim
+    if psi is None:
+        return latent.sample(n, dim, noise)
+    try:
+        return latent.truncated(n, dim, psi, noise)
+    except ValueError as error:
+        raise UserError(f"{error}; or set truncation=null") from None
+
+
+def check_class_label(module: GANModule, class_label: object, ckpt: str) -> None:
+    """class_label must be null, or class indices the conditional model was trained on."""
+    if class_label is None:
+        return
+    k = module.num_classes
+    if not k:
+        raise UserError(
+            f"class_label={class_label} but ckpt={ckpt} is an unconditional model "
+            "(trained with num_classes=0); drop class_label"
+        )
+    labels = list(class_label) if isinstance(class_label, (list, ListConfig)) else [class_label]
+    for label in labels:
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < k:
+            raise UserError(
+                f"class_label={label!r} is out of range: the model has {k} classes; "
+                f"use an integer from 0 to {k - 1} (or a list of them)"
+            )
+
+
+def class_labels(module: GANModule, class_label: object, start: int, n: int) -> Tensor | None:
+    """Labels for samples start..start+n: the given class(es) in turn, else every class in turn."""
+    if not module.num_classes:
+        return None
+    if class_label is None:
+        cycle = list(range(module.num_classes))
+    elif isinstance(class_label, (list, ListConfig)):
+        cycle = [int(label) for label in class_label]
+    else:
+        cycle = [int(class_label)]
+    index = torch.arange(start, start + n) % len(cycle)
+    return torch.tensor(cycle, dtype=torch.long)[index]
+
+
+def generate(module: GANModule, z: Tensor, labels: Tensor | None) -> Tensor:
+    labels = labels.to(module.device) if labels is not None else None
+    return module.sample(z.to(module.device), labels).cpu()
+
+
+def interpolate(z0: Tensor, z1: Tensor, steps: int, spherical: bool) -> Tensor:
+    """(pairs, steps, dim) paths from z0 to z1 (endpoints exact): slerp or straight lines."""
+    t = torch.linspace(0, 1, steps, dtype=z0.dtype)[None, :, None]
+    z0, z1 = z0[:, None, :], z1[:, None, :]
+    if not spherical:
+        return (1 - t) * z0 + t * z1
+    theta = torch.cosine_similarity(z0, z1, dim=-1)[..., None].clamp(-1, 1).acos()
+    sin = theta.sin()
+    parallel = sin.abs() < 1e-6  # slerp's weights are 0/0 there; the straight line is the limit
+    w0 = torch.where(parallel, 1 - t, ((1 - t) * theta).sin() / sin)
+    w1 = torch.where(parallel, t, (t * theta).sin() / sin)
+    return w0 * z0 + w1 * z1
+
+
+def arithmetic_latent(z: Tensor, a: list[int], b: list[int], c: list[int]) -> Tensor:
+    """Radford et al. 2016 §6.3: mean(z[a]) - mean(z[b]) + mean(z[c])."""
+    return z[a].mean(0) - z[b].mean(0) + z[c].mean(0)
+
+
+# ----------------------------------------------------------------- modes
+def _draw(module: GANModule, cfg: DictConfig, noise: torch.Generator, n: int) -> Tensor:
+    z = draw_latent(module, n, noise, cfg.truncation)
+    return generate(module, z, class_labels(module, cfg.class_label, 0, n))
+
+
+def grid_mode(module: GANModule, cfg: DictConfig, noise: torch.Generator, out: Path) -> list[Path]:
+    samples = _draw(module, cfg, noise, cfg.n)
+    if samples.dim() == 2:  # 2D data: a scatter plot of the points
+        scatter_over_data(samples, *_real_points(module, cfg.n), out, title=str(cfg.ckpt))
+    else:
+        save_png(to_uint8_grid(samples, nrow=cfg.nrow), out)
+    return [out]
+
+
+def _real_points(module: GANModule, n: int) -> tuple[Tensor, Tensor | None]:
+    """Real points to plot under 2D samples, when the run's source is synthetic (no files)."""
+    from hydra.utils import instantiate
+
+    node = module.run_config.get("data", {}).get("source") or {}
+    trusted = str(node.get("_target_", "")).startswith("gan_runner.data.")  # see checkpoints.py
+    source = instantiate(node) if trusted else None
+    if not hasattr(source, "sample"):
+        return torch.empty(0, 2), None
+    points, _ = source.sample(n, torch.Generator().manual_seed(0))
+    return points, getattr(source, "means", None)
+
+
+def folder_mode(
+    module: GANModule, cfg: DictConfig, noise: torch.Generator, out: Path
+) -> list[Path]:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        # Image-folder tools read every file: stale images from another run would mix in.
+        raise UserError(f"out={out} already exists and is not an empty folder; pass a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    points = []
+    for start in range(0, cfg.n, cfg.batch_size):
+        size = min(cfg.batch_size, cfg.n - start)
+        z = draw_latent(module, size, noise, cfg.truncation)
+        samples = generate(module, z, class_labels(module, cfg.class_label, start, size))
+        if samples.dim() == 2:
+            points.append(samples)
+            continue
+        for i, image in enumerate(to_uint8(samples)):
+            save_png(image, out / f"{start + i:06d}.png")
+    if points:  # 2D data: one CSV of x,y rows instead of images
+        rows = [f"{x:.6g},{y:.6g}" for x, y in torch.cat(points).tolist()]
+        (out / "points.csv").write_text("x,y\n" + "\n".join(rows) + "\n")
+    return [out]
+
+
+def _images_only(samples: Tensor, mode: str) -> Tensor:
+    if samples.dim() != 4:
+        raise UserError(
+            f"mode={mode} renders images, but this model generates {samples.shape[1]}D points; "
+            "use mode=grid (a scatter plot) or mode=folder (points.csv)"
+        )
+    return samples
+
+
+def interpolate_mode(
+    module: GANModule, cfg: DictConfig, noise: torch.Generator, out: Path
+) -> list[Path]:
+    pairs, steps = cfg.interpolation.pairs, cfg.interpolation.steps
+    ends = draw_latent(module, 2 * pairs, noise, cfg.truncation).view(pairs, 2, -1)
+    # Normal latents concentrate near a sphere, whose chords pass through unlikely codes.
+    spherical = cfg.interpolation.spherical and getattr(module.latent, "spherical", False)
+    paths = interpolate(ends[:, 0], ends[:, 1], steps, spherical)
+    labels = class_labels(module, cfg.class_label, 0, pairs)
+    labels = labels.repeat_interleave(steps) if labels is not None else None
+    images = _images_only(generate(module, paths.flatten(0, 1), labels), "interpolate")
+    save_png(to_uint8_grid(images, nrow=steps), out)
+    if not cfg.interpolation.gif:
+        return [out]
+    frames = images.unflatten(0, (pairs, steps)).transpose(0, 1)
+    gif = out.with_suffix(".gif")
+    grids = [to_uint8_grid(frame, nrow=min(pairs, cfg.nrow)) for frame in frames]
+    save_gif(grids, gif, cfg.interpolation.fps, gray=images.shape[1] == 1)
+    return [out, gif]
+
+
+def save_gif(grids: list[Tensor], path: Path, fps: float, gray: bool) -> None:
+    """An endlessly looping GIF; grayscale models stay exact (no palette quantization)."""
+    frames = [Image.fromarray(g[0].numpy() if gray else g.permute(1, 2, 0).numpy()) for g in grids]
+    duration = round(1000 / max(fps, 1e-3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration, loop=0)
+
+
+def arithmetic_groups(cfg: DictConfig) -> tuple[list[int], list[int], list[int]] | None:
+    """The exemplar indices a, b, c (validated), or None when none is given yet."""
+    spec = cfg.arithmetic
+    given = [key for key in "abc" if spec[key] is not None]
+    if not given:
+        return None
+    if len(given) < 3:
+        missing = ", ".join(f"arithmetic.{key}" for key in "abc" if key not in given)
+        raise UserError(
+            f"{missing} not set; set all of arithmetic.a, .b and .c (candidate indices), or "
+            "none of them to see the candidates"
+        )
+    groups = []
+    for key in "abc":
+        value = spec[key]
+        indices = list(value) if isinstance(value, ListConfig) else [value]
+        bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int)]
+        if not indices or bad or not all(0 <= i < spec.candidates for i in indices):
+            raise UserError(
+                f"arithmetic.{key}={value} must list indices from 0 to {spec.candidates - 1} "
+                "into the seeded candidate batch (e.g. arithmetic.a=[3,17,40])"
+            )
+        groups.append(indices)
+    return groups[0], groups[1], groups[2]
+
+
+def arithmetic_mode(
+    module: GANModule, cfg: DictConfig, noise: torch.Generator, out: Path
+) -> list[Path]:
+    spec = cfg.arithmetic
+    z = draw_latent(module, spec.candidates, noise, cfg.truncation)
+    # One class for every image: arithmetic moves within a class, not across labels.
+    label = class_labels(module, cfg.class_label, 0, 1)
+    groups = arithmetic_groups(cfg)
+    if groups is None:
+        images = _images_only(generate(module, z, _repeat(label, len(z))), "arithmetic")
+        save_png(index_sheet(images, cfg.nrow), out)
+        print(
+            f"Pick exemplars from {out} and rerun with the same seed and "
+            "arithmetic.a=[i,j,k] arithmetic.b=[i,j,k] arithmetic.c=[i,j,k] (result: a - b + c)"
+        )
+        return [out]
+    result = arithmetic_latent(z, *groups)
+    jitter = (torch.rand(spec.neighbours, z.shape[1], generator=noise) * 2 - 1) * spec.noise
+    rows = [torch.cat([z[g], z[g].mean(0, keepdim=True)]) for g in groups]
+    rows.append(torch.cat([result[None], result + jitter]))
+    flat = torch.cat(rows)
+    images = _images_only(generate(module, flat, _repeat(label, len(flat))), "arithmetic")
+    width = max(len(row) for row in rows)
+    tiles, start = [], 0
+    for row in rows:  # each row: exemplars then their mean (a, b, c), or result then neighbours
+        tiles.append(images[start : start + len(row)])
+        tiles.append(torch.full((width - len(row), *images.shape[1:]), BLANK))
+        start += len(row)
+    save_png(to_uint8_grid(torch.cat(tiles), nrow=width), out)
+    return [out]
+
+
+def _repeat(label: Tensor | None, n: int) -> Tensor | None:
+    return label.expand(n) if label is not None else None
+
+
+def index_sheet(images: Tensor, nrow: int) -> Tensor:
+    """A grid upscaled so each tile carries its index in its top-left corner."""
+    scale = max(1, math.ceil(32 / images.shape[-1]))
+    big = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    picture = Image.fromarray(to_uint8_grid(big, nrow=nrow).permute(1, 2, 0).numpy())
+    draw, side = ImageDraw.Draw(picture), big.shape[-1] + 2  # make_grid's padding is 2
+    for i in range(len(images)):
+        xy = (3 + (i % nrow) * side, 2 + (i // nrow) * side)
+        draw.text(xy, str(i), fill=(255, 220, 0), stroke_width=1, stroke_fill=(0, 0, 0))
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+
+
+MODES: dict[str, Callable[[GANModule, DictConfig, torch.Generator, Path], list[Path]]] = {
+    "grid": grid_mode,
+    "folder": folder_mode,
+    "interpolate": interpolate_mode,
+    "arithmetic": arithmetic_mode,
+}

@@ -1,0 +1,237 @@
+"""`gan-sample` end to end on checkpoints trained here: every mode, its options and its errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from PIL import Image
+
+from conftest import QUICK, compose_config
+from gan_runner import cli
+from gan_runner.callbacks.samples import to_uint8_grid
+from gan_runner.checkpoints import rebuild
+from gan_runner.errors import UserError
+from gan_runner.metrics.base import to_uint8
+from gan_runner.sample import (
+    arithmetic_latent,
+    class_labels,
+    draw_latent,
+    generate,
+    interpolate,
+    sample,
+)
+
+TINY = [
+    "data=digits",
+    "arch=dcgan",
+    "data.resolution=8",
+    "arch.generator.base_width=8",
+    "arch.discriminator.base_width=8",
+    "train.g_steps=3",
+    "train.log_every=1",
+]
+RUNS = {
+    # conditional, normal latent
+    "conditional": [*TINY, "num_classes=10"],
+    # unconditional, uniform latent, an EMA that lags the live generator (no ramp-up)
+    "uniform": [*TINY, "latent=uniform", "callbacks.ema.rampup=null"],
+    # 2D points
+    "ring": ["data=ring8", "arch.generator.hidden=[16]", "arch.discriminator.hidden=[16]"]
+    + ["train.g_steps=3", "train.log_every=1"],
+}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from gan_runner.train import train
+
+    paths = {}
+    for name, overrides in RUNS.items():
+        run = tmp_path_factory.mktemp(name)
+        train(compose_config([*QUICK, *overrides], run))
+        paths[name] = run / "checkpoints" / "last.ckpt"
+    return paths
+
+
+def run_sample(path: Path, *overrides: str) -> list[Path]:
+    """gan-sample's logic on conf/sample.yaml composed with overrides, in this process."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="gan_runner.conf", version_base="1.3"):
+        cfg = compose("sample", overrides=[f"ckpt={path}", *overrides])
+    GlobalHydra.instance().clear()
+    return sample(cfg)
+
+
+def console(monkeypatch: pytest.MonkeyPatch, capsys, *args: str) -> tuple[int, str, str]:
+    """The `gan-sample` entry point, called in this process."""
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["gan-sample", *args])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    code = 0
+    try:
+        cli.sample()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        GlobalHydra.instance().clear()
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_grid_has_the_size_of_n_and_nrow(ckpt, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = console(monkeypatch, capsys, f"ckpt={ckpt['conditional']}", "n=10", "nrow=4")
+    assert code == 0, err
+    grid = tmp_path / "grid.png"
+    assert f"Wrote {grid.resolve()}" in out
+    assert Image.open(grid).size == (4 * 10 + 2, 3 * 10 + 2)  # 8-pixel tiles, 2-pixel padding
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]  # no run folder, no log
+
+
+def test_folder_writes_exactly_n_images(ckpt, tmp_path) -> None:
+    out = tmp_path / "fakes"
+    run_sample(ckpt["conditional"], "mode=folder", "n=5", "batch_size=2", f"out={out}")
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [f"{i:06d}.png" for i in range(5)]
+    assert all(
+        Image.open(out / f).size == (8, 8) and Image.open(out / f).mode == "L" for f in files
+    )
+    with pytest.raises(UserError, match="not an empty folder"):
+        run_sample(ckpt["conditional"], "mode=folder", "n=5", f"out={out}")
+
+
+def test_interpolation_frames_start_and_end_at_the_endpoint_samples(ckpt, tmp_path) -> None:
+    out = tmp_path / "walk.png"
+    written = run_sample(
+        ckpt["conditional"],
+        "mode=interpolate",
+        "interpolation.pairs=3",
+        "interpolation.steps=5",
+        f"out={out}",
+    )
+    assert written == [out, out.with_suffix(".gif")]
+    assert Image.open(out).size == (5 * 10 + 2, 3 * 10 + 2)  # steps columns, pairs rows
+    gif = Image.open(out.with_suffix(".gif"))
+    assert gif.n_frames == 5 and gif.info["loop"] == 0
+    module, _ = rebuild(ckpt["conditional"])
+    ends = draw_latent(module, 6, torch.Generator().manual_seed(0), None).view(3, 2, -1)
+    labels = class_labels(module, None, 0, 3)
+    for frame, end in [(0, 0), (4, 1)]:
+        gif.seek(frame)
+        expected = to_uint8_grid(generate(module, ends[:, end], labels), nrow=3)[0].numpy()
+        assert np.array_equal(np.asarray(gif.convert("L")), expected)
+
+
+def test_interpolation_paths_hit_their_endpoints_exactly() -> None:
+    z = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(1))
+    for spherical in (True, False):
+        path = interpolate(z[0], z[1], 7, spherical)
+        assert path.shape == (4, 7, 16)
+        assert torch.equal(path[:, 0], z[0]) and torch.equal(path[:, -1], z[1])
+    same = interpolate(z[0], z[0], 3, spherical=True)  # parallel ends: no 0/0
+    assert torch.allclose(same, z[0][:, None].expand(-1, 3, -1))
+
+
+def test_class_label_changes_samples_and_is_checked(ckpt, tmp_path) -> None:
+    path = ckpt["conditional"]
+    three, four = tmp_path / "3.png", tmp_path / "4.png"
+    run_sample(path, "class_label=3", f"out={three}")
+    run_sample(path, "class_label=4", f"out={four}")
+    assert not np.array_equal(pixels(three), pixels(four))
+    run_sample(path, "class_label=[1,2]", "n=4", f"out={tmp_path / 'cycled.png'}")
+    with pytest.raises(UserError, match=r"out of range: the model has 10 classes.*0 to 9"):
+        run_sample(path, "class_label=10", f"out={tmp_path / 'x.png'}")
+    with pytest.raises(UserError, match="unconditional model .*drop class_label"):
+        run_sample(ckpt["uniform"], "class_label=1", f"out={tmp_path / 'x.png'}")
+
+
+def test_truncation_narrows_latents_and_samples(ckpt) -> None:
+    for name in ("conditional", "uniform"):
+        module, _ = rebuild(ckpt[name])
+        spread = {}
+        for psi in (None, 0.2):
+            z = draw_latent(module, 256, torch.Generator().manual_seed(0), psi)
+            spread[psi] = generate(module, z, class_labels(module, 0, 0, 256)).var(0).mean()
+            if psi is not None:
+                assert z.abs().max() <= psi
+        assert spread[0.2] < spread[None]
+    with pytest.raises(UserError, match="truncation=1.5 is not valid for latent=Uniform"):
+        run_sample(ckpt["uniform"], "truncation=1.5")
+
+
+def test_arithmetic_renders_mean_a_minus_b_plus_c(ckpt, tmp_path, capsys) -> None:
+    path, sheet, out = ckpt["uniform"], tmp_path / "candidates.png", tmp_path / "sum.png"
+    run_sample(path, "mode=arithmetic", "arithmetic.candidates=12", f"out={sheet}")
+    assert "arithmetic.a=[i,j,k]" in capsys.readouterr().out and sheet.is_file()
+    groups = ["arithmetic.a=[0,1,2]", "arithmetic.b=[3,4,5]", "arithmetic.c=[6,7,8]"]
+    run_sample(path, "mode=arithmetic", "arithmetic.candidates=12", *groups, f"out={out}")
+    module, _ = rebuild(path)
+    z = draw_latent(module, 12, torch.Generator().manual_seed(0), None)
+    result = arithmetic_latent(z, [0, 1, 2], [3, 4, 5], [6, 7, 8])
+    assert torch.allclose(result, z[:3].mean(0) - z[3:6].mean(0) + z[6:9].mean(0))
+    # Rows a, b, c (three exemplars and their mean), then the result and 8 neighbours.
+    assert Image.open(out).size == (9 * 10 + 2, 4 * 10 + 2)
+    expected = to_uint8(generate(module, result[None], None))[0, 0].numpy()
+    assert np.array_equal(pixels(out)[32:40, 2:10, 0], expected)  # row 3, column 0
+    with pytest.raises(UserError, match="arithmetic.b, arithmetic.c not set"):
+        run_sample(path, "mode=arithmetic", "arithmetic.a=[0]")
+    with pytest.raises(UserError, match=r"arithmetic.c=\[99\] must list indices from 0 to 11"):
+        run_sample(
+            path, "mode=arithmetic", "arithmetic.candidates=12", *groups[:2], "arithmetic.c=[99]"
+        )
+
+
+def test_ema_and_live_generators_differ(ckpt, tmp_path) -> None:
+    ema, live = tmp_path / "ema.png", tmp_path / "live.png"
+    run_sample(ckpt["uniform"], "use_ema=true", f"out={ema}")
+    run_sample(ckpt["uniform"], "use_ema=false", f"out={live}")
+    assert not np.array_equal(pixels(ema), pixels(live))
+
+
+def test_same_seed_writes_identical_bytes(ckpt, tmp_path) -> None:
+    outputs = {}
+    for name, seed in [("first", 0), ("again", 0), ("other", 1)]:
+        out = tmp_path / name / "walk.png"
+        run_sample(ckpt["conditional"], "mode=interpolate", f"seed={seed}", f"out={out}")
+        outputs[name] = out.read_bytes() + out.with_suffix(".gif").read_bytes()
+    assert outputs["first"] == outputs["again"] != outputs["other"]
+
+
+def test_points_models_write_scatter_and_csv(ckpt, tmp_path) -> None:
+    path = ckpt["ring"]
+    run_sample(path, "n=50", f"out={tmp_path / 'scatter.png'}")
+    assert Image.open(tmp_path / "scatter.png").size == (500, 500)
+    run_sample(path, "mode=folder", "n=50", f"out={tmp_path / 'points'}")
+    lines = (tmp_path / "points" / "points.csv").read_text().splitlines()
+    assert lines[0] == "x,y" and len(lines) == 51
+    with pytest.raises(UserError, match="mode=interpolate renders images.*2D points"):
+        run_sample(path, "mode=interpolate", f"out={tmp_path / 'walk.png'}")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "error: ckpt is not set; pass ckpt=<run folder>/checkpoints/last.ckpt"),
+        (["ckpt={missing}"], "error: ckpt={missing} does not exist; pass a checkpoint"),
+        (["ckpt={ckpt}", "mode=mosaic"], "error: mode=mosaic is unknown; choose one of: grid"),
+        (["ckpt={ckpt}", "n=0"], "error: n=0 is invalid: it must be an integer >= 1"),
+        (["ckpt={ckpt}", "truncation=0"], "error: truncation=0 is not valid"),
+    ],
+)
+def test_console_errors_are_one_line(ckpt, tmp_path, monkeypatch, capsys, args, expected) -> None:
+    monkeypatch.chdir(tmp_path)
+    fill = {"ckpt": ckpt["conditional"], "missing": tmp_path / "nope.ckpt"}
+    code, _, err = console(monkeypatch, capsys, *(a.format(**fill) for a in args))
+    assert code == 2
+    assert err.startswith(expected.format(**fill)), err
+    assert err.count("\n") == 1 and "Traceback" not in err
