@@ -38,5 +38,7 @@ class Uniform:
     def truncated(self, n: int, dim: int, psi: float, generator: torch.Generator) -> Tensor:
         """Codes shrunk toward the centre of the cube by ψ, the uniform analogue of truncation."""
         if not 0 < psi <= 1:
-            raise ValueError(f"truncation={psi} is not valid for latent=Uniform: it must be in (0, 1]")
+            raise ValueError(
+                f"truncation={psi} is not valid for latent=Uniform: it must be in (0, 1]"
+            )
         return psi * self.sample(n, dim, generator)
