@@ -17,6 +17,13 @@ CONF = REPO / "conf"
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+
+@pytest.fixture(autouse=True)
+def _metric_cache_in_tmp(tmp_path_factory, monkeypatch):
+    # Classifier weights and real-image statistics are cached; tests must not write the repo's.
+    monkeypatch.setenv("GAN_RUNNER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 # Fast, quiet settings for training inside tests: CPU, no progress bar, no logger.
 QUICK = [
     "trainer.accelerator=cpu",

@@ -17,8 +17,9 @@ from gan_runner.train import train
 
 GROUPS = [
     "data", "model", "arch", "objective", "regularizer", "optimizer", "schedule", "latent",
-    "callbacks", "logger", "trainer", "experiment", "debug",
+    "callbacks", "logger", "trainer", "experiment", "debug", "metrics",
 ]  # fmt: skip
+MULTI_SELECT = ("regularizer", "metrics")
 # Keeps every run to seconds: 2 generator steps on small players.
 # WGAN's 100-step critic boost is covered by tests/test_module.py; here it would dominate.
 SHORT = ["train.g_steps=2", "train.log_every=1", "n_critic_boost.n_critic=0"]
@@ -26,7 +27,7 @@ IMAGE_DATA = ["data=digits", "data.resolution=8", "data.batch_size=16"]
 
 
 def selection(group: str, option: str) -> str:
-    return f"{group}=[{option}]" if group == "regularizer" else f"{group}={option}"
+    return f"{group}=[{option}]" if group in MULTI_SELECT else f"{group}={option}"
 
 
 def trainable_here(cfg: DictConfig) -> str | None:
@@ -53,11 +54,11 @@ def train_briefly(make_cfg, *overrides: str) -> dict[str, float]:
 )
 def test_every_option_composes_and_trains(make_cfg, group: str, option: str) -> None:
     overrides = [selection(group, option)]
-    if group == "experiment":  # paper-scale schedules: keep only the training itself
-        overrides += ["callbacks=none"]
+    if group in ("experiment", "metrics"):  # paper-scale schedules and sample counts: keep
+        overrides += ["callbacks=none"]  # only the training (tests/test_metrics_*.py run them)
     cfg = make_cfg(*overrides)
     choices = HydraConfig.get().runtime.choices
-    # A multi-select group (regularizer) has no single choice: its options are keys instead.
+    # A multi-select group (regularizer, metrics) has no single choice: its options are keys.
     assert choices.get(group) == option or option in cfg.get(group, {})
     reason = trainable_here(cfg)
     if reason:

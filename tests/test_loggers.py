@@ -29,6 +29,7 @@ BASE = [
 # Only the sample-grid callback, so a run logs one image at its end.
 SAMPLES_ONLY = [
     "~callbacks.ema",
+    "~callbacks.metrics",
     "~callbacks.checkpoint",
     "~callbacks.loss_curve",
     "~callbacks.progress",

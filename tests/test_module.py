@@ -30,7 +30,7 @@ FAST = ("callbacks=none", *SMALL)
 
 def _only(callback: str) -> tuple[str, ...]:
     """The default callbacks with every one but `callback` switched off."""
-    others = ("ema", "samples", "checkpoint", "loss_curve", "progress")
+    others = ("ema", "samples", "metrics", "checkpoint", "loss_curve", "progress")
     return (*SMALL, *(f"callbacks.{o}=null" for o in others if o != callback))
 
 

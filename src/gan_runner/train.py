@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gan_runner.callbacks.checkpoint import AtomicCheckpointIO, GStepCheckpoint
+from gan_runner.callbacks.metrics import EvaluateMetrics
 from gan_runner.callbacks.samples import SampleGrid
 from gan_runner.config import check_run_settings, check_targets
 from gan_runner.errors import UserError
@@ -223,4 +224,18 @@ def report(cfg: DictConfig, module: GANModule, callbacks: list, metrics: dict[st
             lines.append(f"Samples: {callback.last_path.resolve()}")
         if isinstance(callback, GStepCheckpoint):
             lines.append(f"Checkpoint: {callback.last_path.resolve()}")
+        if isinstance(callback, EvaluateMetrics):
+            lines.extend(_metrics_lines(callback))
     print("\n".join(lines), flush=True)
+
+
+def _metrics_lines(callback: EvaluateMetrics) -> list[str]:
+    lines = []
+    if callback.results_path.is_file():
+        lines.append(f"Metrics with provenance: {callback.results_path.resolve()}")
+    if callback.best_value is not None and callback.best_path.is_file():
+        lines.append(
+            f"Best checkpoint ({callback.best_metric}={callback.best_value:.4g} at g_steps="
+            f"{callback.best_g_steps}): {callback.best_path.resolve()}"
+        )
+    return lines
