@@ -89,7 +89,7 @@ def check_targets_trusted(cfg: DictConfig, path: Path, extra: Sequence[str] = ()
     """One line for a model `_target_` outside gan_runner.*, torch.optim.* and `extra` prefixes."""
     trusted = (*TRUSTED_TARGETS, *extra)
     model = OmegaConf.masked_copy(cfg, [node for node in MODEL_NODES if node in cfg])
-    for where, target in _targets(OmegaConf.to_container(model), ""):
+    for where, target in named_targets(OmegaConf.to_container(model), ""):
         if not target.startswith(trusted):
             module = target.rsplit(".", 1)[0]
             raise UserError(
@@ -98,16 +98,16 @@ def check_targets_trusted(cfg: DictConfig, path: Path, extra: Sequence[str] = ()
             )
 
 
-def _targets(node: Any, where: str) -> Iterator[tuple[str, str]]:
+def named_targets(node: Any, where: str) -> Iterator[tuple[str, str]]:
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "_target_":
                 yield where, str(value)
             else:
-                yield from _targets(value, f"{where}.{key}" if where else str(key))
+                yield from named_targets(value, f"{where}.{key}" if where else str(key))
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from _targets(value, f"{where}[{i}]")
+            yield from named_targets(value, f"{where}[{i}]")
 
 
 def resolve_device(name: str | torch.device) -> torch.device:

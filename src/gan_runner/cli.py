@@ -1,4 +1,4 @@
-"""Console entry points: `gan-run` (train), `gan-sample` (draw from a checkpoint), `gan-list`."""
+"""Console entry points: `gan-run` (train), `gan-sample`, `gan-eval` (checkpoints), `gan-list`."""
 
 from __future__ import annotations
 
@@ -127,6 +127,27 @@ def sample() -> None:
     """`gan-sample ckpt=<path> [mode=grid n=64 out=...]`: compose conf/sample.yaml and draw."""
     hydra_utils.run_and_report = _report_in_one_line
     _sample_main()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+def _eval_main(cfg: DictConfig) -> None:
+    from gan_runner.evaluate import evaluate as score
+
+    try:
+        score(cfg)
+    except UserError as error:
+        # Reported here, inside the job, so Hydra adds no "Error executing job" preamble.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def evaluate() -> None:
+    """`gan-eval ckpt=<path> | folders=[<reals>,<fakes>] [metrics=[fid,kid,is,pr] ...]`."""
+    hydra_utils.run_and_report = _report_in_one_line
+    # Hydra would read metrics=[...] as a choice of the config group conf/metrics (training's
+    # evaluations): gan-eval's list is the key `scores`, and metrics= its command-line alias.
+    sys.argv = [re.sub(r"^metrics=", "scores=", arg) for arg in sys.argv]
+    _eval_main()
 
 
 def _description(path: Any) -> str:

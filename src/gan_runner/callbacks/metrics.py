@@ -258,7 +258,7 @@ class EvaluateMetrics(pl.Callback):
             },
             "seconds": round(seconds, 3),
             "provenance": provenance,
-            "versions": _versions(),
+            "versions": library_versions(),
         }
         self.results_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.results_path, "a") as handle:
@@ -273,7 +273,7 @@ def _publish(trainer: pl.Trainer, values: dict[str, float]) -> None:
     )
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in ("gan-runner", "torch", "lightning", "torchmetrics", "torch-fidelity"):
         with contextlib.suppress(PackageNotFoundError):  # record what is installed
