@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,6 +17,16 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # The networks under test are tiny: on 2 shared cores, two intra-op threads measured up to
+    # 10x slower than one (thread hand-off dominates the arithmetic).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,183 @@
+"""Every paper recipe learns: a brief run through the real config beats its untrained generator.
+
+Recipes are found by globbing conf/model/*.yaml. Each trains with its own objective, penalties,
+optimizer, learning rates, n_critic, critic boost and batch size; only the data, the run length
+and the network widths shrink, so that the file runs in a few CPU minutes.
+
+- Recipes with MLP players train on ring8, scored by the PacGAN mode protocol (BENCHMARKS.md).
+- Every recipe trains on scikit-learn's 8x8 digits, scored by a Fréchet distance in pixel space.
+
+Thresholds come from measured runs (seed 0; seeds 1 and 2 pass too) with a 1.6-2x margin or
+more. Each test prints its numbers: a failure shows them, and `pytest -s` shows them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from conftest import options
+from gan_runner.metrics.mixture import ModeStats, evaluate_mixture
+from helpers_quality import (
+    Run,
+    generated,
+    pixel_frechet,
+    prepare,
+    sliced_wasserstein,
+    trace_of_covariance,
+)
+
+RECIPES = options("model")
+
+
+def _generator_targets() -> dict[str, str]:
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="gan_runner.conf", version_base="1.3"):
+        targets = {
+            recipe: str(compose("train", overrides=[f"model={recipe}"]).arch.generator._target_)
+            for recipe in RECIPES
+        }
+    GlobalHydra.instance().clear()
+    return targets
+
+
+# An MLP models 2D points; convolutional families need images (and refuse ring8).
+MLP_RECIPES = [r for r, target in _generator_targets().items() if target.endswith("MLPGenerator")]
+
+
+def small_players(cfg: DictConfig) -> list[str]:
+    """Narrow networks of whatever family the recipe selects, found by their config keys."""
+    overrides = []
+    for side in ("generator", "discriminator"):
+        if "hidden" in cfg.arch[side]:
+            overrides.append(f"arch.{side}.hidden=[128,128,128]")
+        if "width" in cfg.arch[side]:  # SNGAN's ResNet (DCGAN at 8x8 is small already)
+            overrides.append(f"arch.{side}.width=32")
+    if "hidden" in cfg.arch.generator:
+        # PacGAN's 2D generator is a BatchNorm MLP. Without it, no recipe leaves the centre of
+        # ring8 in a brief run (nsgan's default: 0/8 modes after 1.5k G steps at width 512),
+        # and flattened digits stay at FD ~34 instead of ~5.
+        overrides.append("arch.generator.norm=batch")
+    return overrides
+
+
+def recipe_cfg(make_cfg, recipe: str, steady_d_steps: int, *overrides: str) -> DictConfig:
+    """The recipe, narrowed, for `steady_d_steps // n_critic` G steps (plus any critic boost)."""
+    probe = make_cfg(f"model={recipe}", *overrides)
+    g_steps = max(1, steady_d_steps // probe.n_critic)
+    ours = {o.split("=")[0] for o in overrides}
+    narrow = [o for o in small_players(probe) if o.split("=")[0] not in ours]
+    cfg = make_cfg(f"model={recipe}", *overrides, *narrow, f"train.g_steps={g_steps}")
+    with open_dict(cfg):  # keep only the generator EMA: no files, plots or progress bars
+        for name in cfg.callbacks:
+            if name != "ema":
+                cfg.callbacks[name] = None
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Train on one CPU thread, then restore the previous count."""
+    # These players are too small to gain from a second thread, and on a busy machine a second
+    # spinning OpenMP thread made this file over ten times slower (measured: > 20 minutes).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def steps(run: Run) -> str:
+    return f"{run.module.counters.g_steps} G / {run.module.counters.d_steps} D steps"
+
+
+# ----------------------------------------------------------------------------- ring8
+@dataclass(frozen=True)
+class Ring8:
+    """How a recipe is held to ring8: the bar, its run length and any extra overrides."""
+
+    steady_d_steps: int = 1000
+    modes_bar: bool = True  # False: only the sliced distance to the data must halve
+    overrides: tuple[str, ...] = ()
+    marks: tuple[Any, ...] = ()
+
+
+SGD_ON_RING8 = (
+    "SGD lr 0.1, momentum 0.5 (the 2014 paper's MNIST settings) does not fit ring8's std-0.01 "
+    "modes: after 1k G steps nsgan's samples collapse to one point (0/8 modes) and gan's fly "
+    "apart (sliced W1 0.63 -> 0.98); lr 0.01 and 0.003 fail too. Both learn digits below."
+)
+# The default bar is the mode protocol. Recipes that cannot reach it in a CPU-brief run are
+# listed with what was measured; a new recipe is held to the default until shown otherwise.
+RING8 = {
+    "gan": Ring8(marks=(pytest.mark.slow, pytest.mark.xfail(strict=True, reason=SGD_ON_RING8))),
+    "nsgan": Ring8(marks=(pytest.mark.slow, pytest.mark.xfail(strict=True, reason=SGD_ON_RING8))),
+    # Clipped critics spread G over the ring long before they sharpen it: 5/8 modes but HQ 0.3%
+    # at 200 G steps, and HQ 0.4% still at 2.5k (sliced W1 0.62 -> 0.20 -> 0.18).
+    "wgan": Ring8(modes_bar=False),
+    # As wgan, and slower: 4/8 modes, HQ 0.3% at 1k G steps; 8/8 but HQ 1.8% at 2.5k. Its own
+    # toy generator has no BatchNorm (Gulrajani et al.'s gan_toy.py); with one, the samples
+    # swing in and out (sliced W1 0.62 -> 0.86 at 200 G steps).
+    "wgan_gp": Ring8(
+        steady_d_steps=5000, modes_bar=False, overrides=("arch.generator.norm=none",)
+    ),
+}
+
+
+def ring8_scores(run: Run, real: torch.Tensor) -> tuple[ModeStats, float]:
+    stats = evaluate_mixture(run.module, run.datamodule.source, n=2500, seed=0)
+    return stats, sliced_wasserstein(generated(run.module, len(real), seed=1), real)
+
+
+@pytest.mark.parametrize(
+    "recipe", [pytest.param(r, marks=RING8.get(r, Ring8()).marks) for r in MLP_RECIPES]
+)
+def test_recipe_covers_ring8_modes(make_cfg, recipe: str) -> None:
+    case = RING8.get(recipe, Ring8())
+    cfg = recipe_cfg(make_cfg, recipe, case.steady_d_steps, "data=ring8", *case.overrides)
+    run = prepare(cfg)
+    real, _ = run.datamodule.source.sample(2500, torch.Generator().manual_seed(2))
+    before, distance_before = ring8_scores(run, real)
+    run.fit()
+    after, distance_after = ring8_scores(run, real)
+    summary = (
+        f"{recipe} on ring8, {steps(run)}: untrained {before}, sliced W1 {distance_before:.3f} "
+        f"-> trained {after}, sliced W1 {distance_after:.3f}"
+    )
+    print(summary)
+    # The untrained generator is a blob off the ring: the bars below are all learned.
+    assert before.modes <= 2 and before.hq_fraction <= 0.01, summary
+    assert distance_after <= 0.5 * distance_before, summary
+    if case.modes_bar:  # measured for lsgan: 8/8 modes, HQ 10.3%, rKL 0.48
+        assert after.modes >= 6 and after.hq_fraction >= 0.05, summary
+
+
+# ----------------------------------------------------------------------------- digits
+def digits_budget(recipe: str) -> int:
+    # Convolutional critic steps cost ~5-10x an MLP's on 8x8 images; all converge well within.
+    return 1500 if recipe in MLP_RECIPES else 400
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_learns_digits(make_cfg, recipe: str) -> None:
+    cfg = recipe_cfg(make_cfg, recipe, digits_budget(recipe), "data=digits", "data.resolution=8")
+    run = prepare(cfg)
+    data = run.datamodule.data
+    before = pixel_frechet(run.module, data)
+    run.fit()
+    after = pixel_frechet(run.module, data)
+    # The best constant image (the data mean) scores the data's total variance.
+    constant = trace_of_covariance(data)
+    summary = (
+        f"{recipe} on digits, {steps(run)}: pixel FD untrained {before:.2f} -> trained "
+        f"{after:.2f} (constant mean image: {constant:.2f})"
+    )
+    print(summary)
+    assert after <= 0.5 * before, summary
+    # Below the mean image: the generator has learned how digits vary, not only their average.
+    assert after < constant, summary
