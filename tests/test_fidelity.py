@@ -17,7 +17,7 @@ from gan_runner.data.module import GANDataModule, TensorData, resize_images, to_
 from gan_runner.errors import UserError
 from gan_runner.metrics.base import to_uint8
 from gan_runner.metrics.extractors import ClassifierFeatures, inception_input
-from gan_runner.metrics.fidelity import FidelityEvaluation, reference_data
+from gan_runner.metrics.fidelity import FidelityEvaluation, class_modes, reference_data
 from gan_runner.metrics.scores import (
     density_coverage,
     frechet_distance,
@@ -204,7 +204,7 @@ def digits_scores(cache: Path) -> dict[str, dict[str, float]]:
     datamodule = GANDataModule(FirstDigits(N_TRAIN), 64, [1, RESOLUTION, RESOLUTION], 10)
     extractor = ClassifierFeatures(cache, steps=300)
     evaluation = FidelityEvaluation(
-        extractor, ["fid", "kid", "pr"], 497, cache_dir=cache, show_progress=False
+        extractor, ["fid", "kid", "pr", "modes"], 497, cache_dir=cache, show_progress=False
     )
     evaluation.prepare(datamodule)
     held_out = to_model_range(resize_images(Digits().load().samples[N_TRAIN:], RESOLUTION))
@@ -222,6 +222,21 @@ def test_held_out_digits_score_far_better_than_noise_or_a_collapsed_generator(di
     assert held_out["precision_classifier_497_train"] > 0.7  # ~0.8: k=3 balls miss a few
     assert held_out["recall_classifier_497_train"] > 0.7
     assert digits_scores["collapsed"]["recall_classifier_497_train"] < 0.05
+
+
+def test_the_classifier_counts_modes_a_collapsed_generator_drops(digits_scores):
+    held_out, collapsed = digits_scores["held_out"], digits_scores["collapsed"]
+    assert held_out["modes_classifier_497"] == 10 and held_out["rkl_classifier_497"] < 0.05
+    assert collapsed["modes_classifier_497"] == 1
+    assert collapsed["rkl_classifier_497"] == pytest.approx(math.log(10))  # all mass on one
+
+
+def test_class_modes_closed_form():
+    logits = torch.zeros(8, 4)
+    logits[torch.arange(8), torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])] = 1.0  # p = (½, ¼, ¼, 0)
+    modes, kl = class_modes(logits)
+    expected = 0.5 * math.log(0.5 * 4) + 2 * 0.25 * math.log(0.25 * 4)
+    assert modes == 3 and kl == pytest.approx(expected)
 
 
 def compose_with_metrics(make_cfg, *overrides: str):

@@ -36,7 +36,7 @@ from gan_runner.metrics.scores import (
     precision_recall,
 )
 
-METRICS = ("fid", "kid", "is", "pr", "dc")
+METRICS = ("fid", "kid", "is", "pr", "dc", "modes")
 
 
 def reference_data(datamodule: Any, split: str) -> Any:
@@ -176,7 +176,7 @@ class FidelityEvaluation:
                 fid.update(batch_features.double(), real=False)
             if self.keep_features:
                 features.append(batch_features.cpu())  # on the CPU: 50k × 2048 is 400 MB
-            if "is" in self.metrics:
+            if "is" in self.metrics or "modes" in self.metrics:
                 logits.append(batch_logits.cpu())
         if seen != self.n_fake:  # the names promise n_fake samples
             raise ValueError(f"scored {seen} samples, but n_fake={self.n_fake}")
@@ -185,6 +185,9 @@ class FidelityEvaluation:
             values[names["fid"]] = float(fid.compute())
         if "is" in self.metrics:
             values[names["is"]] = inception_score(torch.cat(logits), self.is_splits, self.seed)
+        if "modes" in self.metrics:
+            modes, kl = class_modes(torch.cat(logits))
+            values.update({names["modes"]: modes, names["rkl"]: kl})
         if self.keep_features:
             values.update(self._feature_metrics(torch.cat(features)))
         return values
@@ -228,7 +231,8 @@ class FidelityEvaluation:
     # ----------------------------------------------------------------- naming
     def _names(self) -> dict[str, str]:
         protocol = f"{self.extractor.name}_{count(self.n_fake)}"
-        names = {"is": f"is_{protocol}"}  # IS has no reference set
+        # IS and mode counts have no reference set.
+        names = {"is": f"is_{protocol}", "modes": f"modes_{protocol}", "rkl": f"rkl_{protocol}"}
         for metric in ("fid", "kid", "precision", "recall", "density", "coverage"):
             names[metric] = f"{metric}_{protocol}_{self.split}"
         return names
@@ -237,7 +241,11 @@ class FidelityEvaluation:
         """The logged names, which state the protocol: fid_inception_10k_test, is_classifier_2k."""
         names, parts = (
             self._names(),
-            {"pr": ("precision", "recall"), "dc": ("density", "coverage")},
+            {
+                "pr": ("precision", "recall"),
+                "dc": ("density", "coverage"),
+                "modes": ("modes", "rkl"),
+            },
         )
         return [names[part] for metric in self.metrics for part in parts.get(metric, (metric,))]
 
@@ -267,6 +275,20 @@ class FidelityEvaluation:
             "seed": self.seed,
             **{name: _version(name) for name in ("torch", "torchmetrics", "torch-fidelity")},
         }
+
+
+def class_modes(logits: Tensor) -> tuple[float, float]:
+    """Classes the fakes are classified into, and KL(class histogram ‖ uniform) in nats.
+
+    Mode counting with a classifier of the data set's labels, as in the Stacked-MNIST protocol
+    (Metz et al. 2017; Lin et al. 2018): a collapsed generator covers few classes, unevenly.
+    """
+    classes = logits.shape[1]
+    histogram = torch.bincount(logits.argmax(dim=1), minlength=classes).double()
+    p = histogram / histogram.sum()
+    covered = p > 0
+    kl = (p[covered] * (p[covered] * classes).log()).sum()  # Σ p log(p / (1/K))
+    return float(covered.sum()), float(kl)
 
 
 def _version(package: str) -> str | None:
