@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +60,33 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
         cfg.paths.root_dir = str(REPO)
         del cfg["hydra"]
     return cfg
+
+
+def compose_named(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose another primary config of conf/ (sample.yaml, eval.yaml) with overrides."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="gan_runner.conf", version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def call_console(
+    entry: Callable[[], None], name: str, monkeypatch, capsys, *args: str
+) -> tuple[int, str, str]:
+    """A console entry point called in this process (no torch start-up cost per case)."""
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    code = 0
+    try:
+        entry()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        GlobalHydra.instance().clear()
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 @pytest.fixture

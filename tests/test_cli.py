@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 
+from conftest import call_console
 from gan_runner import cli
 
 GAN_RUN = str(Path(sys.executable).with_name("gan-run"))
@@ -26,19 +26,7 @@ def gan_run(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedPr
 
 
 def run_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Call the console entry point in this process (no torch start-up cost per case)."""
-    GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", ["gan-run", *args])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    code = 0
-    try:
-        cli.run()
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    finally:
-        GlobalHydra.instance().clear()
-    out, err = capsys.readouterr()
-    return code, out, err
+    return call_console(cli.run, "gan-run", monkeypatch, capsys, *args)
 
 
 def only_run_folder(root: Path) -> Path:

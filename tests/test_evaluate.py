@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from conftest import QUICK, compose_config
+from conftest import QUICK, call_console, compose_config, compose_named
 from gan_runner import cli
 from gan_runner.data.digits import Digits
 from gan_runner.errors import UserError
@@ -107,27 +106,11 @@ def digits_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_eval(*overrides: str) -> list[Path]:
     """gan-eval's logic on conf/eval.yaml composed with overrides, in this process."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="gan_runner.conf", version_base="1.3"):
-        cfg = compose("eval", overrides=[*FAST, *overrides])
-    GlobalHydra.instance().clear()
-    return evaluate(cfg)
+    return evaluate(compose_named("eval", [*FAST, *overrides]))
 
 
 def console(monkeypatch: pytest.MonkeyPatch, capsys, *args: str) -> tuple[int, str, str]:
-    """The `gan-eval` entry point, called in this process."""
-    GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", ["gan-eval", *args])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    code = 0
-    try:
-        cli.evaluate()
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    finally:
-        GlobalHydra.instance().clear()
-    out, err = capsys.readouterr()
-    return code, out, err
+    return call_console(cli.evaluate, "gan-eval", monkeypatch, capsys, *args)
 
 
 def metrics_of(path: Path) -> dict[str, float]:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from conftest import QUICK, compose_config
+from conftest import QUICK, call_console, compose_config, compose_named
 from gan_runner import cli
 from gan_runner.callbacks.samples import to_uint8_grid
 from gan_runner.checkpoints import rebuild
@@ -61,27 +58,11 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def run_sample(path: Path, *overrides: str) -> list[Path]:
     """gan-sample's logic on conf/sample.yaml composed with overrides, in this process."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="gan_runner.conf", version_base="1.3"):
-        cfg = compose("sample", overrides=[f"ckpt={path}", *overrides])
-    GlobalHydra.instance().clear()
-    return sample(cfg)
+    return sample(compose_named("sample", [f"ckpt={path}", *overrides]))
 
 
 def console(monkeypatch: pytest.MonkeyPatch, capsys, *args: str) -> tuple[int, str, str]:
-    """The `gan-sample` entry point, called in this process."""
-    GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", ["gan-sample", *args])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    code = 0
-    try:
-        cli.sample()
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    finally:
-        GlobalHydra.instance().clear()
-    out, err = capsys.readouterr()
-    return code, out, err
+    return call_console(cli.sample, "gan-sample", monkeypatch, capsys, *args)
 
 
 def pixels(path: Path) -> np.ndarray:

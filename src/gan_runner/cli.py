@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import sys
+from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 
@@ -89,65 +91,74 @@ def _report_in_one_line(func: Any) -> Any:
         raise
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
+def _hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """A Hydra app over conf/<config_name>.yaml whose fixable errors print one line.
+
+    UserErrors are reported inside the job, so Hydra adds no "Error executing job" preamble.
+    """
+
+    def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        @functools.wraps(task)
+        def job(cfg: DictConfig) -> Any:
+            try:
+                return task(cfg)
+            except UserError as error:
+                print(f"error: {error}", file=sys.stderr)
+                sys.exit(2)
+
+        return hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(
+            job
+        )
+
+    return decorate
+
+
+def _launch(app: Callable[[], Any]) -> None:
+    # Hydra (pinned <1.4) reports errors through this module-level function; ours keeps
+    # fixable errors to one line. The test suite checks the behaviour, not the mechanism.
+    hydra_utils.run_and_report = _report_in_one_line
+    app()
+
+
+@_hydra_app(CONFIG_NAME)
 def _main(cfg: DictConfig) -> float | None:
     from gan_runner.train import train
 
-    try:
-        metrics = train(cfg)
-    except UserError as error:
-        # Reported here, inside the job, so Hydra adds no "Error executing job" preamble.
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    metrics = train(cfg)
     optimized = cfg.get("optimized_metric")
     return metrics.get(optimized) if optimized else None
 
 
-def run() -> None:
-    """`gan-run [overrides]`: compose conf/train.yaml with the overrides and train."""
-    # Hydra (pinned <1.4) reports errors through this module-level function; ours keeps
-    # fixable errors to one line. The test suite checks the behaviour, not the mechanism.
-    hydra_utils.run_and_report = _report_in_one_line
-    _main()
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sample")
+@_hydra_app("sample")
 def _sample_main(cfg: DictConfig) -> None:
     from gan_runner.sample import sample as draw
 
-    try:
-        draw(cfg)
-    except UserError as error:
-        # Reported here, inside the job, so Hydra adds no "Error executing job" preamble.
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    draw(cfg)
+
+
+@_hydra_app("eval")
+def _eval_main(cfg: DictConfig) -> None:
+    from gan_runner.evaluate import evaluate as score
+
+    score(cfg)
+
+
+def run() -> None:
+    """`gan-run [overrides]`: compose conf/train.yaml with the overrides and train."""
+    _launch(_main)
 
 
 def sample() -> None:
     """`gan-sample ckpt=<path> [mode=grid n=64 out=...]`: compose conf/sample.yaml and draw."""
-    hydra_utils.run_and_report = _report_in_one_line
-    _sample_main()
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
-def _eval_main(cfg: DictConfig) -> None:
-    from gan_runner.evaluate import evaluate as score
-
-    try:
-        score(cfg)
-    except UserError as error:
-        # Reported here, inside the job, so Hydra adds no "Error executing job" preamble.
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    _launch(_sample_main)
 
 
 def evaluate() -> None:
     """`gan-eval ckpt=<path> | folders=[<reals>,<fakes>] [metrics=[fid,kid,is,pr] ...]`."""
-    hydra_utils.run_and_report = _report_in_one_line
     # Hydra would read metrics=[...] as a choice of the config group conf/metrics (training's
     # evaluations): gan-eval's list is the key `scores`, and metrics= its command-line alias.
     sys.argv = [re.sub(r"^metrics=", "scores=", arg) for arg in sys.argv]
-    _eval_main()
+    _launch(_eval_main)
 
 
 def _description(path: Any) -> str:
