@@ -55,5 +55,6 @@ def loss_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> None
     ax.set_xlabel("generator steps")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if any(history.values()):  # a run shorter than train.log_every logged nothing to label
+        ax.legend(fontsize=8)
     save_png(_figure_to_tensor(fig), path)
