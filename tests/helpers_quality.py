@@ -13,17 +13,9 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
 from torch import Tensor
 
-from gan_runner.config import check_run_settings, check_targets
 from gan_runner.data.module import GANDataModule, TensorData, to_model_range
 from gan_runner.module import GANModule
-from gan_runner.train import (
-    StopAtGSteps,
-    build,
-    build_each,
-    build_module,
-    build_trainer,
-    quiet_library_noise,
-)
+from gan_runner.train import assemble, build_trainer
 
 
 @dataclass
@@ -40,18 +32,12 @@ class Run:
 
 
 def prepare(cfg: DictConfig) -> Run:
-    """Build a run exactly as gan_runner.train.train does, without fitting it."""
-    quiet_library_noise()
-    check_targets(cfg)
-    settings = check_run_settings(cfg)
-    pl.seed_everything(settings.seed, workers=True, verbose=False)
-    datamodule = build(cfg, "data")
-    module = build_module(cfg)
-    callbacks = [c for c in build_each(cfg, "callbacks") if not isinstance(c, ProgressBar)]
-    callbacks.append(StopAtGSteps(settings.train.g_steps))
+    """Build a run exactly as gan_runner.train.train does (no loggers), without fitting it."""
+    built = assemble(cfg)
+    callbacks = [c for c in built.callbacks if not isinstance(c, ProgressBar)]
     trainer = build_trainer(cfg, callbacks, [])
-    datamodule.setup()  # loaded now (on the CPU) so a test can read the data before fitting
-    return Run(module, datamodule, trainer)
+    built.datamodule.setup()  # loaded now (on the CPU) so a test can read the data before fit
+    return Run(built.module, built.datamodule, trainer)
 
 
 def _to_8x8(images: Tensor) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +161,18 @@ def quiet_library_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train the configured GAN; returns the final logged metrics as floats."""
+@dataclass
+class Assembled:
+    """Everything train(cfg) builds before fitting (tests keep it to score before and after)."""
+
+    datamodule: pl.LightningDataModule
+    module: GANModule
+    callbacks: list[pl.Callback]
+    loggers: list
+
+
+def assemble(cfg: DictConfig) -> Assembled:
+    """Check the config, seed, and build data, module, callbacks and loggers."""
     quiet_library_noise()
     check_targets(cfg)
     settings = check_run_settings(cfg)
@@ -172,7 +183,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it must hide
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks.append(StopAtGSteps(settings.train.g_steps))
-    loggers = build_each(cfg, "logger")
+    return Assembled(datamodule, module, callbacks, build_each(cfg, "logger"))
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train the configured GAN; returns the final logged metrics as floats."""
+    run = assemble(cfg)
+    datamodule, module, callbacks, loggers = run.datamodule, run.module, run.callbacks, run.loggers
     fitted = False
     try:  # the W&B run starts at log_hyperparams: end it even if the trainer fails to build
         for logger in loggers:
