@@ -169,3 +169,27 @@ def test_gan_list_prints_every_option_with_its_description(capsys) -> None:
             continue
         assert f"  {path.stem}" in out, path
     assert "wgan_gp" in out and "Gulrajani et al. 2017" in out
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "auto", "ddp_find_unused_parameters_true"])
+def test_multirun_with_a_relaunching_ddp_is_refused_before_training(
+    monkeypatch, capsys, tmp_path, strategy
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["-m", "seed=1,2", "trainer.devices=2", f"trainer.strategy={strategy}", *FAST]
+    code, out, err = run_in_process(monkeypatch, capsys, *args)
+    assert code == 2, (out, err)
+    line = err.strip().splitlines()[-1]
+    assert "would re-run the whole sweep in every DDP rank" in line
+    assert "trainer.strategy=ddp_spawn" in line
+    assert not list(tmp_path.glob("outputs/multirun/*/*/*/checkpoints"))  # nothing trained
+
+
+def test_a_single_device_multirun_is_not_refused(monkeypatch, capsys, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_in_process(
+        monkeypatch, capsys, "-m", "seed=1", "trainer.devices=1", "train.g_steps=2",
+        "callbacks=none", *FAST,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "Trained 2 generator steps" in out

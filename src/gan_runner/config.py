@@ -90,6 +90,35 @@ def check_run_settings(cfg: DictConfig) -> RunSettings:
     return settings
 
 
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse a Hydra multirun whose jobs would each start Lightning's subprocess DDP.
+
+    Lightning re-executes sys.argv for ranks > 0, `-m` and the sweep lists included, so every
+    rank would run the whole sweep in its own multirun folder (PITFALLS.md §2.2).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    trainer = cfg.trainer
+    devices, nodes = trainer.get("devices", 1), int(trainer.get("num_nodes", 1) or 1)
+    several = (
+        nodes > 1
+        or devices in ("auto", -1, "-1")
+        or (isinstance(devices, int) and devices > 1)
+        or (isinstance(devices, (list, ListConfig)) and len(devices) > 1)
+    )
+    strategy = str(trainer.get("strategy", "auto"))
+    relaunches = strategy in ("auto", "ddp") or strategy.startswith("ddp_find_unused")
+    if several and relaunches:
+        raise UserError(
+            f"gan-run -m with trainer.devices={devices} and trainer.strategy={strategy} would "
+            "re-run the whole sweep in every DDP rank; use trainer.strategy=ddp_spawn, or one "
+            "launcher job per run (e.g. hydra/launcher=submitit_slurm, or torchrun per run)"
+        )
+
+
 def check_targets(node: Any, path: str = "") -> None:
     """Every `_target_` must import, and every key must be one of its constructor's arguments."""
     if isinstance(node, ListConfig):

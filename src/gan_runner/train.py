@@ -20,7 +20,7 @@ from torch import nn
 from gan_runner.callbacks.checkpoint import AtomicCheckpointIO, GStepCheckpoint
 from gan_runner.callbacks.metrics import EvaluateMetrics
 from gan_runner.callbacks.samples import SampleGrid
-from gan_runner.config import check_run_settings, check_targets
+from gan_runner.config import check_launch, check_run_settings, check_targets
 from gan_runner.errors import UserError
 from gan_runner.loggers import finish_wandb
 from gan_runner.module import CriticSchedule, GANModule
@@ -174,6 +174,7 @@ class Assembled:
 def assemble(cfg: DictConfig) -> Assembled:
     """Check the config, seed, and build data, module, callbacks and loggers."""
     quiet_library_noise()
+    check_launch(cfg)
     check_targets(cfg)
     settings = check_run_settings(cfg)
     pl.seed_everything(settings.seed, workers=True, verbose=False)
