@@ -20,10 +20,11 @@ CONF = REPO / "conf"
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     # The networks under test are tiny: on 2 shared cores, two intra-op threads measured up to
-    # 10x slower than one (thread hand-off dominates the arithmetic).
+    # 10x slower than one (thread hand-off dominates the arithmetic). Session scope, so the
+    # module-scoped fixtures that train checkpoints run on one thread too.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -35,6 +36,15 @@ def _metric_cache_in_tmp(tmp_path_factory, monkeypatch):
     # Classifier weights and real-image statistics are cached; tests must not write the repo's.
     monkeypatch.setenv("GAN_RUNNER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
+
+# A digits DCGAN small enough to train a checkpoint in seconds (for sampling/eval tests).
+TINY_DIGITS = [
+    "data=digits",
+    "arch=dcgan",
+    "data.resolution=8",
+    "arch.generator.base_width=8",
+    "arch.discriminator.base_width=8",
+]
 
 # Fast, quiet settings for training inside tests: CPU, no progress bar, no logger.
 QUICK = [

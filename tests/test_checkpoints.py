@@ -9,18 +9,12 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import QUICK, compose_config
+from conftest import QUICK, TINY_DIGITS, compose_config
 from gan_runner import cli
 from gan_runner.checkpoints import check_targets_trusted, load_checkpoint, rebuild, run_config
 from gan_runner.errors import UserError
 
-TINY = [
-    "data=digits",
-    "arch=dcgan",
-    "data.resolution=8",
-    "arch.generator.base_width=8",
-    "arch.discriminator.base_width=8",
-]
+TINY = [*TINY_DIGITS]
 
 
 class Pickled:

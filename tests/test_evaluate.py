@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,22 +13,14 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from conftest import QUICK, call_console, compose_config, compose_named
+from conftest import QUICK, TINY_DIGITS, call_console, compose_config, compose_named
 from gan_runner import cli
 from gan_runner.data.digits import Digits
 from gan_runner.errors import UserError
 from gan_runner.evaluate import evaluate
 from gan_runner.sample import sample
 
-TINY = [
-    "data=digits",
-    "arch=dcgan",
-    "data.resolution=8",
-    "arch.generator.base_width=8",
-    "arch.discriminator.base_width=8",
-    "train.g_steps=3",
-    "train.log_every=1",
-]
+TINY = [*TINY_DIGITS, "train.g_steps=3", "train.log_every=1"]
 RUNS = {
     # An EMA that lags the live generator (no ramp-up); the run's own metrics on a cheap
     # classifier, which gan-eval then reuses (settings and cached weights).
@@ -67,15 +58,6 @@ class TinyFeatures:
 
     def provenance(self) -> dict[str, str]:
         return {"features": "4×4 mean pooling"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # KID's small kernels run ~50× faster on one thread than on two contending shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

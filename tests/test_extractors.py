@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import urllib.error
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,6 @@ from gan_runner.train import build, build_module
 # The accuracy the classifier extractor is stated to reach on digits (held-out 20%, 16×16).
 DIGITS_ACCURACY = 0.9
 QUICK = {"steps": 300}  # the test's training budget; the config's 1000 steps reach ~0.99
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Small convolutions run faster on one thread than on two contending for shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def digits(resolution: int = 16) -> GANDataModule:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +28,6 @@ from gan_runner.train import build, build_module
 
 RESOLUTION = 16
 N_TRAIN = 1300  # digits the reference (and the classifier) see; the other 497 play a generator
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Small convolutions run faster on one thread than on two contending for shared cores;
-    # module scope, so it is in force for the module-scoped fixtures too.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def gaussian(n: int, dim: int = 16, shift: float = 0.0, seed: int = 0) -> torch.Tensor:

@@ -41,14 +41,6 @@ def only_metrics(*keep: str) -> tuple[str, ...]:
 NAMES = ("modes_2500", "hq_percent_2500", "rkl_2500")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets; on a shared CI box two threads only contend
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def fit(make_cfg, monkeypatch):
     """fit(*overrides) -> (module, metrics) through the real train(), keeping the module."""

@@ -68,15 +68,6 @@ def _trace(module, events: list, latents: list) -> None:
     module.draw_latent = draw_latent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny nets gain nothing from intra-op threads, and on a busy CI box two threads contend.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def fit(make_cfg, monkeypatch):
     """fit(*overrides, extra=None) -> (module, metrics, events, latents) via the real train()."""

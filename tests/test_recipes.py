@@ -81,17 +81,6 @@ def recipe_cfg(make_cfg, recipe: str, steady_d_steps: int, *overrides: str) -> D
     return cfg
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Train on one CPU thread, then restore the previous count."""
-    # These players are too small to gain from a second thread, and on a busy machine a second
-    # spinning OpenMP thread made this file over ten times slower (measured: > 20 minutes).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def steps(run: Run) -> str:
     return f"{run.module.counters.g_steps} G / {run.module.counters.d_steps} D steps"
 

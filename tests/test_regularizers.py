@@ -24,13 +24,8 @@ from gan_runner.regularizers import (
 
 
 @pytest.fixture(autouse=True)
-def _seeded_one_thread():
-    # Tiny nets gain nothing from intra-op threads, and on a busy CI box two threads contend.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seeded():
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _inputs(critic, real, fake, seed=0, d_steps=0, labels=None) -> PenaltyInputs:

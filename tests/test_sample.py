@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import QUICK, call_console, compose_config, compose_named
+from conftest import QUICK, TINY_DIGITS, call_console, compose_config, compose_named
 from gan_runner import cli
 from gan_runner.callbacks.samples import to_uint8_grid
 from gan_runner.checkpoints import rebuild
@@ -24,15 +24,7 @@ from gan_runner.sample import (
     sample,
 )
 
-TINY = [
-    "data=digits",
-    "arch=dcgan",
-    "data.resolution=8",
-    "arch.generator.base_width=8",
-    "arch.discriminator.base_width=8",
-    "train.g_steps=3",
-    "train.log_every=1",
-]
+TINY = [*TINY_DIGITS, "train.g_steps=3", "train.log_every=1"]
 RUNS = {
     # conditional, normal latent
     "conditional": [*TINY, "num_classes=10"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +80,7 @@ def check_run_settings(cfg: DictConfig) -> RunSettings:
         ) from None
     num_data_classes = int(cfg.data.get("num_classes", 0))
     if settings.num_classes > num_data_classes:
-        data = _choice(cfg, "data")
+        data = chosen_option(cfg, "data")
         fix = (
             f"set num_classes=0 (unconditional) or num_classes={num_data_classes}"
             if num_data_classes
@@ -190,17 +191,13 @@ def _check_type(path: str, key: str, value_node: Any, hint: Any) -> None:
 
 def _allowed_scalars(hint: Any) -> tuple[type, ...]:
     options = (
-        typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _union()) else (hint,)
+        typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType)
+        else (hint,)
     )
     if any(option not in _SCALARS and option is not type(None) for option in options):
         return ()
     return tuple(t for option in options if option in _SCALARS for t in _SCALARS[option])
-
-
-def _union() -> Any:
-    import types
-
-    return types.UnionType
 
 
 def _value_at(cfg: DictConfig, key: str) -> Any:
@@ -214,7 +211,7 @@ def _first_line(text: str) -> str:
     return str(text).strip().splitlines()[0] if text else ""
 
 
-def _choice(cfg: DictConfig, group: str) -> str:
+def chosen_option(cfg: DictConfig, group: str) -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
 

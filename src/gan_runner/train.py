@@ -20,7 +20,7 @@ from torch import nn
 from gan_runner.callbacks.checkpoint import AtomicCheckpointIO, GStepCheckpoint
 from gan_runner.callbacks.metrics import EvaluateMetrics
 from gan_runner.callbacks.samples import SampleGrid
-from gan_runner.config import check_launch, check_run_settings, check_targets
+from gan_runner.config import check_launch, check_run_settings, check_targets, chosen_option
 from gan_runner.errors import UserError
 from gan_runner.loggers import finish_wandb
 from gan_runner.module import CriticSchedule, GANModule
@@ -84,7 +84,7 @@ def build_module(cfg: DictConfig) -> GANModule:
         log.warning(
             "regularizer=weight_clip constrains a Wasserstein critic, but objective=%s is not "
             "one; use objective=wasserstein or drop weight_clip",
-            _choice(cfg, "objective"),
+            chosen_option(cfg, "objective"),
         )
     boost = settings.n_critic_boost
     return GANModule(
@@ -105,12 +105,6 @@ def build_module(cfg: DictConfig) -> GANModule:
         seed=settings.seed,
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
-
-
-def _choice(cfg: DictConfig, group: str) -> str:
-    from gan_runner.config import _choice as choice
-
-    return choice(cfg, group)
 
 
 class StopAtGSteps(pl.Callback):

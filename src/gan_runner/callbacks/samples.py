@@ -27,14 +27,15 @@ class SampleGrid(pl.Callback):
             raise ValueError(f"every must be >= 1, got {every}")
         self.dirpath, self.every, self.n_scatter = Path(dirpath), every, n_scatter
         self.last_path: Path | None = None
+        self._drawn_at = -1  # the generator step of the last grid, so none is drawn twice
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         g_steps = pl_module.counters.g_steps
-        if g_steps and g_steps % self.every == 0 and g_steps != getattr(self, "_drawn_at", -1):
+        if g_steps and g_steps % self.every == 0 and g_steps != self._drawn_at:
             self.draw(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if getattr(self, "_drawn_at", -1) != pl_module.counters.g_steps:
+        if self._drawn_at != pl_module.counters.g_steps:
             self.draw(trainer, pl_module)
 
     def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
