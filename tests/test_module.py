@@ -3,6 +3,7 @@ schedule, optimizer toggling, EMA, checkpoint state, latent streams and LR sched
 
 from __future__ import annotations
 
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -336,7 +337,9 @@ def test_checkpoint_roundtrip_restores_counters_noise_and_global_rng(make_cfg, t
     pending = build_module(cfg)  # before on_fit_start: the state waits for the generator
     pending.on_load_checkpoint(checkpoint)
     assert pending.noise is None
-    assert torch.equal(pending._pending_noise_state, checkpoint[CHECKPOINT_KEY]["noise_state"])
+    assert torch.equal(
+        pending._pending_noise_state, checkpoint[CHECKPOINT_KEY]["ranks"][0]["noise"]
+    )
 
 
 def test_foreign_checkpoint_raises_user_error(make_cfg):
@@ -353,6 +356,7 @@ def test_resume_continues_counters_and_the_latent_stream(fit, tmp_path):
     assert last.exists()
     resumed, _, _, resumed_z = fit("train.g_steps=4", f"resume='{last}'", base=_only("checkpoint"))
     assert (resumed.counters.d_steps, resumed.counters.g_steps) == (4, 4)
+    shutil.rmtree(tmp_path / "run")  # a fresh run refuses to overwrite another's checkpoints
     _, _, _, straight_z = fit("train.g_steps=4")
     assert len(straight_z) == 8 and len(resumed_z) == 4  # one z batch per D and per G step
     for z_resumed, z_straight in zip(resumed_z, straight_z[4:]):

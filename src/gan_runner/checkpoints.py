@@ -27,41 +27,41 @@ MODEL_NODES = ("arch", "objective", "regularizer", "optimizer", "schedule", "lat
 TRUSTED_TARGETS = ("gan_runner.", "torch.optim.")
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
     """The checkpoint at `path`, loaded with weights_only=True and checked to be gan-run's."""
     path = Path(path)
-    _check_path(path)
-    checkpoint = _torch_load(path)
+    _check_path(path, key)
+    checkpoint = _torch_load(path, key)
     state = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise UserError(
-            f"ckpt={path} is a torch file but not a gan-run checkpoint (no '{CHECKPOINT_KEY}' "
+            f"{key}={path} is a torch file but not a gan-run checkpoint (no '{CHECKPOINT_KEY}' "
             f"entry); {PASS_INSTEAD}"
         )
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(
-            f"ckpt={path} has checkpoint format {state.get('format')!r} but this gan_runner reads "
-            f"format {CHECKPOINT_FORMAT}; use the gan_runner version that wrote it"
+            f"{key}={path} has checkpoint format {state.get('format')!r} but this gan_runner "
+            f"reads format {CHECKPOINT_FORMAT}; use the gan_runner version that wrote it"
         )
     if not isinstance(state.get("config"), dict) or not isinstance(
         checkpoint.get("state_dict"), dict
     ):
         raise UserError(
-            f"ckpt={path} lacks its run config or its weights (a partial save?); {PASS_INSTEAD}"
+            f"{key}={path} lacks its run config or its weights (a partial save?); {PASS_INSTEAD}"
         )
     return checkpoint
 
 
-def _check_path(path: Path) -> None:
+def _check_path(path: Path, key: str = "ckpt") -> None:
     if path.is_dir():
         last = path / "checkpoints" / "last.ckpt"
-        hint = f"pass ckpt={last}" if last.is_file() else PASS_INSTEAD
-        raise UserError(f"ckpt={path} is a folder, not a checkpoint file; {hint}")
+        hint = f"pass {key}={last}" if last.is_file() else PASS_INSTEAD
+        raise UserError(f"{key}={path} is a folder, not a checkpoint file; {hint}")
     if not path.is_file():
-        raise UserError(f"ckpt={path} does not exist; {PASS_INSTEAD}")
+        raise UserError(f"{key}={path} does not exist; {PASS_INSTEAD}")
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, key: str = "ckpt") -> Any:
     try:
         # weights_only: a checkpoint is data; unpickling arbitrary code from a file is refused.
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -70,12 +70,12 @@ def _torch_load(path: Path) -> Any:
         code = re.search(r"GLOBAL ([\w.]+)", message)
         if code:
             raise UserError(
-                f"ckpt={path} holds pickled Python code ({code.group(1)}), which "
+                f"{key}={path} holds pickled Python code ({code.group(1)}), which "
                 f"torch.load(weights_only=True) refuses to run; {PASS_INSTEAD}"
             ) from None
         first = message.strip().splitlines()[0][:80] if message.strip() else ""
         raise UserError(
-            f"ckpt={path} is not a readable torch checkpoint, or is truncated "
+            f"{key}={path} is not a readable torch checkpoint, or is truncated "
             f"({type(error).__name__}: {first}); {PASS_INSTEAD}"
         ) from None
 

@@ -43,6 +43,23 @@ class CriticBoost:
 
 
 @dataclass
+class GradClip:
+    """Largest gradient norm per player (null: unclipped), applied after AMP unscaling."""
+
+    generator: float | None = None
+    discriminator: float | None = None
+
+    def __post_init__(self) -> None:
+        for player in ("generator", "discriminator"):
+            value = getattr(self, player)
+            if value is not None and value <= 0:
+                raise UserError(
+                    f"grad_clip.{player}={value} is out of range: it must be > 0, or null "
+                    "to leave that player's gradients unclipped"
+                )
+
+
+@dataclass
 class RunSettings:
     """The run-wide keys of conf/train.yaml that are plain values, not `_target_` nodes."""
 
@@ -52,6 +69,7 @@ class RunSettings:
     num_classes: int = 0
     n_critic_boost: CriticBoost = field(default_factory=CriticBoost)
     train: TrainSettings = field(default_factory=TrainSettings)
+    grad_clip: GradClip = field(default_factory=GradClip)
 
     def __post_init__(self) -> None:
         _at_least("seed", self.seed, 0)

@@ -22,7 +22,7 @@ from gan_runner.objectives import Objective
 from gan_runner.regularizers import PenaltyInputs, Regularizer
 
 CHECKPOINT_KEY = "gan_runner"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: random states per rank
 FIXED_LATENT_SEED_OFFSET = 1_000_003
 
 
@@ -77,6 +77,7 @@ class GANModule(pl.LightningModule):
         critic_schedule: CriticSchedule | None = None,
         num_classes: int = 0,
         log_every: int = 50,
+        grad_clip: Mapping[str, float | None] | None = None,
         n_fixed_samples: int = 64,
         seed: int = 0,
         run_config: dict | None = None,
@@ -91,11 +92,13 @@ class GANModule(pl.LightningModule):
         self.make_schedule = schedule
         self.critic_schedule = critic_schedule or CriticSchedule()
         self.num_classes, self.log_every, self.seed = num_classes, log_every, seed
+        self.grad_clip = dict(grad_clip or {})
         self.run_config = run_config or {}
         self.counters = Counters()
         self.noise: torch.Generator | None = None
         self._grad_norms: dict[str, Tensor] = {}
-        self.logs_this_step = False
+        self.logs_this_step = self.step_was_generator = False
+        self.step_losses: dict[str, Tensor] = {}
         # The fixed latent batch behind every sample grid: a persistent buffer, so grids stay
         # comparable across resumes and the EMA generator draws the same points.
         # Offset from the run seed so the grid's z is not the first training batch's z.
@@ -153,9 +156,11 @@ class GANModule(pl.LightningModule):
             self.counters.g_steps
         )
         self.logs_this_step = g_step_due and (self.counters.g_steps + 1) % self.log_every == 0
+        self.step_was_generator = g_step_due
         logs = self._discriminator_step(real, real_labels)
         if g_step_due:
             logs.update(self._generator_step(real, real_labels))
+        self.step_losses = logs  # device tensors: the divergence guard checks them unsynced
         if self.logs_this_step:
             self._log_step(logs)
 
@@ -220,13 +225,22 @@ class GANModule(pl.LightningModule):
         return schedulers if isinstance(schedulers, list) else [schedulers]
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        # Runs after AMP unscaling, so the norms are the true ones.
-        if not self.logs_this_step:
+        # Lightning calls this inside opt.step(), after AMP unscaling: clipping and norms act
+        # on the true gradients (clipping between backward and step would clip scaled ones).
+        name = self._optimizer_names.get(id(optimizer), "unknown")
+        clip = self.grad_clip.get(name)
+        if not (clip or self.logs_this_step):
             return
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if grads:
-            name = self._optimizer_names.get(id(optimizer), "unknown")
-            self._grad_norms[name] = torch.nn.utils.get_total_norm(grads)
+        params = [
+            p for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+        ]
+        if not params:
+            return
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if clip:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+        if self.logs_this_step:
+            self._grad_norms[name] = norm  # before clipping: how large the update wanted to be
 
     def _log_step(self, logs: dict[str, Tensor]) -> None:
         values = {f"train/{key}": value for key, value in logs.items()}
@@ -257,13 +271,28 @@ class GANModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Every rank runs this hook (only rank 0 writes), so each rank's random state is
+        # gathered: ranks draw different noise, and a resume must give each its own back.
+        mine = {
+            "noise": self.noise.get_state() if self.noise is not None else None,
+            "rng": _global_rng_state(),
+        }
         checkpoint[CHECKPOINT_KEY] = {
             "format": CHECKPOINT_FORMAT,
             "counters": asdict(self.counters),
-            "noise_state": self.noise.get_state() if self.noise is not None else None,
-            "rng": _global_rng_state(),
+            "ranks": self._gather_from_ranks(mine),
             "config": self.run_config,
         }
+
+    def _gather_from_ranks(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return [state]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * trainer.world_size
+        dist.all_gather_object(gathered, state)
+        return gathered
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(CHECKPOINT_KEY)
@@ -273,11 +302,16 @@ class GANModule(pl.LightningModule):
                 f"'{CHECKPOINT_KEY}' format {CHECKPOINT_FORMAT} entry); pass a gan-run checkpoint"
             )
         self.counters = Counters(**state["counters"])
-        self._pending_noise_state = state["noise_state"]
-        if self.noise is not None and state["noise_state"] is not None:
-            self.noise.set_state(state["noise_state"])
+        ranks = state["ranks"]
+        rank = self._trainer.global_rank if self._trainer is not None else 0
+        mine = ranks[rank] if rank < len(ranks) else None
+        if mine is None:  # more ranks than when saved: seeded afresh from (seed, rank)
+            return
+        self._pending_noise_state = mine["noise"]
+        if self.noise is not None and mine["noise"] is not None:
+            self.noise.set_state(mine["noise"])
             self._pending_noise_state = None
-        _set_global_rng_state(state["rng"])
+        _set_global_rng_state(mine["rng"])
 
 
 def _global_rng_state() -> dict[str, Any]:

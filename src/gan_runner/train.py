@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +16,19 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.strategies import DDPStrategy
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from gan_runner.callbacks.checkpoint import AtomicCheckpointIO, GStepCheckpoint
 from gan_runner.callbacks.metrics import EvaluateMetrics
+from gan_runner.callbacks.preemption import Interrupted, Preemption
 from gan_runner.callbacks.samples import SampleGrid
 from gan_runner.config import check_launch, check_run_settings, check_targets, chosen_option
 from gan_runner.errors import UserError
 from gan_runner.loggers import finish_wandb
 from gan_runner.module import CriticSchedule, GANModule
+from gan_runner.resume import ResumePlan, plan_resume, trim_history
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,7 @@ def build_module(cfg: DictConfig) -> GANModule:
         ),
         num_classes=settings.num_classes,
         log_every=settings.train.log_every,
+        grad_clip=asdict(settings.grad_clip),
         seed=settings.seed,
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
@@ -122,14 +128,54 @@ class StopAtGSteps(pl.Callback):
             trainer.should_stop = True
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list) -> pl.Trainer:
-    return build(
+# Lightning's DDP launchers, by the name a user picks; each has a registered twin that lets DDP
+# find unused parameters.
+DDP_LAUNCHERS = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def gan_strategy(strategy: str) -> str:
+    """The user's trainer.strategy, with DDP allowed to see unused parameters (G or D idles).
+
+    Each step back-propagates into one player only, which Lightning's plain DDP refuses
+    (PITFALLS.md 1.8): `ddp` becomes `ddp_find_unused_parameters_true`, and so on.
+    """
+    if strategy in DDP_LAUNCHERS:
+        return f"{strategy}_find_unused_parameters_true"
+    if strategy.startswith("ddp") and strategy.endswith("_find_unused_parameters_false"):
+        raise UserError(
+            f"trainer.strategy={strategy} cannot train a GAN: each step leaves one player's "
+            "parameters unused, which DDP then refuses; use trainer.strategy="
+            f"{strategy.removesuffix('_find_unused_parameters_false')}"
+        )
+    return strategy
+
+
+def _let_ddp_find_unused(trainer: pl.Trainer) -> None:
+    # `auto` on several devices, or a DDPStrategy object, reaches DDP without the flag; the
+    # model is wrapped only when fit starts, so setting it now still applies.
+    if isinstance(trainer.strategy, DDPStrategy):
+        trainer.strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
+
+
+def build_trainer(
+    cfg: DictConfig, callbacks: list[pl.Callback], loggers: list, plugins: Sequence[Any] = ()
+) -> pl.Trainer:
+    """The configured Trainer, with a DDP strategy that tolerates the idle player.
+
+    `plugins` adds Lightning plugins, e.g. a MixedPrecision with its own GradScaler.
+    """
+    strategy = cfg.trainer.get("strategy")
+    overrides = {"strategy": gan_strategy(strategy)} if isinstance(strategy, str) else {}
+    trainer = build(
         cfg,
         "trainer",
         callbacks=callbacks,
         logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *plugins],
+        **overrides,
     )
+    _let_ddp_find_unused(trainer)
+    return trainer
 
 
 class _DropMessages(logging.Filter):
@@ -183,6 +229,7 @@ def assemble(cfg: DictConfig) -> Assembled:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train the configured GAN; returns the final logged metrics as floats."""
+    plan = continue_where(cfg)
     run = assemble(cfg)
     datamodule, module, callbacks, loggers = run.datamodule, run.module, run.callbacks, run.loggers
     fitted = False
@@ -190,8 +237,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for logger in loggers:
             logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
         trainer = build_trainer(cfg, callbacks, loggers)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume") or None)
+        checkpoint = str(plan.checkpoint) if plan else None
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
         fitted = True
+    except Interrupted as stop:
+        _exit_on_signal(stop, callbacks)
     finally:
         # WandbLogger.finalize does not end the run: without finish(), the next job of a
         # multirun would log into this one.
@@ -200,6 +250,34 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if _is_scalar(v)}
     report(cfg, module, callbacks, metrics)
     return metrics
+
+
+def continue_where(cfg: DictConfig) -> ResumePlan | None:
+    """Resolve `resume`; a run continued in its own folder has what it wrote after the save cut."""
+    plan = plan_resume(cfg)
+    if plan is not None and plan.folder is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(plan.folder)
+        trim_history(plan.folder, plan.g_steps)
+        log.info("Continuing %s from g_steps=%d (%s)", plan.folder, plan.g_steps, plan.checkpoint)
+    elif plan is None:
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if last.is_file():  # a fresh start here would overwrite a run's checkpoints
+            raise UserError(
+                f"{last.parent.parent} already holds a run (checkpoints/last.ckpt); add "
+                "resume=auto to continue it, or choose another hydra.run.dir"
+            )
+    return plan
+
+
+def _exit_on_signal(stop: Interrupted, callbacks: list[pl.Callback]) -> None:
+    """After the save: hand over to a cluster's own handler (submitit requeues), else exit."""
+    print(f"gan-run: {stop}", file=sys.stderr, flush=True)
+    preemption = next(c for c in callbacks if isinstance(c, Preemption))
+    previous = preemption.previous_handler(stop.signum)
+    if previous is not None:
+        previous(stop.signum, None)
+    raise SystemExit(128 + stop.signum)
 
 
 def _is_scalar(value: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -11,6 +12,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -37,6 +40,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
+def weights_are_finite(trainer: pl.Trainer) -> bool:
+    """Whether every weight of the module is finite on every rank (one host sync)."""
+    params = list(trainer.lightning_module.parameters())
+    finite = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+    return trainer.strategy.reduce_boolean_decision(finite, all=True)
+
+
 class GStepCheckpoint(pl.Callback):
     """Saves last.ckpt every `every` generator steps and at the end; g<steps>.ckpt if asked."""
 
@@ -52,6 +62,12 @@ class GStepCheckpoint(pl.Callback):
 
     def save(self, trainer: pl.Trainer, g_steps: int) -> None:
         self._saved_at = g_steps
+        if not weights_are_finite(trainer):
+            # The last good checkpoint is what a divergence rollback or a resume goes back to.
+            log.warning(
+                "g_steps=%d: weights are not finite; keeping the previous checkpoint", g_steps
+            )
+            return
         # Full state (optimizers, callbacks, loops): everything an exact resume needs.
         trainer.save_checkpoint(self.last_path, weights_only=False)
         if self.keep_periodic:

@@ -28,6 +28,18 @@ class LossCurve(pl.Callback):
                     (g_steps, float(value))
                 )
 
+    def state_dict(self) -> dict:
+        return {
+            "history": {
+                key: [list(point) for point in points] for key, points in self.history.items()
+            }
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:  # a resumed run plots its whole history
+        self.history = {
+            key: [tuple(p) for p in points] for key, points in state_dict["history"].items()
+        }
+
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_rank == 0:
             loss_curves(self.history, self.path)

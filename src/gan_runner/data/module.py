@@ -50,17 +50,70 @@ class ShuffledBatches(Sampler[list[int]]):
             range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
         self.batch_size = batch_size
+        self.skip = 0  # items of the next pass already consumed before a resume
 
     def set_epoch(self, epoch: int) -> None:
         self.shard.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
         indices = list(self.shard)
-        for start in range(0, len(indices) - self.batch_size + 1, self.batch_size):
+        first, self.skip = self.skip, 0
+        for start in range(
+            first * self.batch_size, len(indices) - self.batch_size + 1, self.batch_size
+        ):
             yield indices[start : start + self.batch_size]
 
     def __len__(self) -> int:
         return len(self.shard) // self.batch_size
+
+
+class SkippingSampler(Sampler[int]):
+    """A rank's shard of a seeded shuffle that can start part-way through, for a resume."""
+
+    def __init__(self, shard: DistributedSampler, batch_size: int) -> None:
+        self.shard, self.batch_size = shard, batch_size
+        self.skip = 0  # batches of the next pass already consumed before a resume
+
+    def set_epoch(self, epoch: int) -> None:
+        self.shard.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        first, self.skip = self.skip * self.batch_size, 0
+        return iter(list(self.shard)[first:])
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose place in the epoch is saved in checkpoints (Lightning's `_Stateful`).
+
+    Lightning stores `state_dict()` with the loop state and calls `load_state_dict()` before the
+    first batch of a resumed fit, so a run stopped mid-epoch continues with the very batch it
+    would have drawn next instead of replaying the epoch's first batches.
+    """
+
+    _served = 0
+
+    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
+        # Its own generator: each new iterator draws a worker base seed, which would otherwise
+        # come from the global RNG, and a resume creates one more iterator than the straight run.
+        super().__init__(*args, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+    def __iter__(self) -> Iterator[Any]:
+        self._served = self.sampler.skip
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        # Lightning fetches no batch ahead from a loader with a length, so this is what the
+        # training steps consumed.
+        return {"batches_served": self._served, "batches_per_epoch": len(self)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        served = int(state["batches_served"])
+        self.sampler.skip = served if served < len(self) else 0  # a finished epoch: none
 
 
 def to_model_range(samples: Tensor) -> Tensor:
@@ -162,18 +215,22 @@ class GANDataModule(pl.LightningDataModule):
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         self.setup()
         world, rank = self._world_size(), self._rank()
         if isinstance(self.data, TensorData):
             sampler = ShuffledBatches(len(self.data), self.batch_size, self.seed, rank, world)
             # batch_size=None: the sampler yields whole index batches and the dataset slices them.
-            return DataLoader(IndexedTensors(self.data), sampler=sampler, batch_size=None)
-        sampler = DistributedSampler(
+            return ResumableLoader(
+                IndexedTensors(self.data), sampler=sampler, batch_size=None, seed=self.seed
+            )
+        shard = DistributedSampler(
             self.data, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
         )
-        return DataLoader(
+        sampler = SkippingSampler(shard, self.batch_size)
+        return ResumableLoader(
             self.data,
+            seed=self.seed,
             batch_size=self.batch_size,
             sampler=sampler,
             drop_last=True,
