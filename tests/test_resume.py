@@ -228,3 +228,21 @@ def test_resume_auto_continues_the_newest_run_of_the_same_overrides_in_its_folde
     with (runs / "first" / "csv" / "metrics.csv").open() as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle) if row["train/d_loss"]]
     assert steps == list(range(5, 41, 5))  # both parts of the run, each step once
+
+
+def test_a_cluster_handler_installed_before_training_runs_after_the_save(tmp_path, monkeypatch):
+    calls = []
+
+    def requeue(signum, frame):  # what submitit does on SIGUSR2: requeue, then exit
+        saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+        calls.append((signum, saved["gan_runner"]["counters"]["g_steps"]))
+
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        _signal_at(monkeypatch, 7, signal.SIGUSR2)
+        with pytest.raises(SystemExit):
+            _run(tmp_path / "run", "train.g_steps=40")
+        assert calls == [(signal.SIGUSR2, 7)]
+        assert signal.getsignal(signal.SIGUSR2) is requeue  # handed back after training
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
