@@ -1,8 +1,10 @@
-"""Loggers: CSV, TensorBoard, W&B offline without credentials (one run per job), logger=none."""
+"""Loggers: CSV, TensorBoard, W&B offline without credentials (one run per job, tagged with its
+recipe, best metric in its summary), logger=none, and loggers that fail without ending training."""
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from pathlib import Path
@@ -11,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 import wandb
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, ListConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import gan_runner.loggers as loggers
+import gan_runner.train
 from conftest import compose_config
 from gan_runner.train import train
 
@@ -156,7 +159,7 @@ def test_name_group_tags_from_hydra_multirun(no_credentials: Path, tmp_path: Pat
     init = logger._wandb_init  # what wandb.init will get; no run is started here
     assert init["name"] == "3:optimizer=sgd"
     assert init["group"] == "outputs/sweep_a"
-    assert init["tags"] == ["a", "1"] and init["mode"] == "offline"
+    assert init["tags"][-2:] == ["a", "1"] and init["mode"] == "offline"
     assert logger._log_model is True
     explicit = loggers.wandb_logger(project="test", save_dir=str(tmp_path), group="g", name="n")
     assert (explicit._wandb_init["name"], explicit._wandb_init["group"]) == ("n", "g")
@@ -200,11 +203,14 @@ class ImageSink:
         self.calls.append({"key": key, "images": images, "step": step})
 
 
-def test_log_image_reaches_tensorboard_and_log_image_loggers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wrap", [False, True], ids=["plain", "fail_soft"])
+def test_log_image_reaches_tensorboard_and_log_image_loggers(tmp_path: Path, wrap: bool) -> None:
     image = torch.randint(0, 256, (3, 10, 14), dtype=torch.uint8)
     tensorboard = TensorBoardLogger(tmp_path, name="tb", version="")
     sink = ImageSink()
-    loggers.log_image([CSVLogger(tmp_path, name="csv"), tensorboard, sink], "samples", image, 7)
+    targets = [CSVLogger(tmp_path, name="csv"), tensorboard, sink]
+    # Wrapped as train() wraps them: dispatch still finds TensorBoard and log_image loggers.
+    loggers.log_image(loggers.fail_soft(targets) if wrap else targets, "samples", image, 7)
     tensorboard.experiment.flush()
     (call,) = sink.calls
     (array,) = call["images"]
@@ -227,6 +233,7 @@ def two_wandb_trainings(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("wandb_jobs")
     made: list[WandbLogger] = []
     logged: list[np.ndarray] = []
+    steps: list[int | None] = []
     with pytest.MonkeyPatch.context() as mp:
         isolate_wandb(mp, root / "home")
         factory = loggers.wandb_logger
@@ -239,6 +246,7 @@ def two_wandb_trainings(tmp_path_factory: pytest.TempPathFactory):
 
         def recording_log_image(self, key, images, step=None, **kwargs):
             logged.extend(images)
+            steps.append(step)
             return log_image(self, key, images, step, **kwargs)
 
         mp.setattr(loggers, "wandb_logger", recording_factory)
@@ -249,11 +257,11 @@ def two_wandb_trainings(tmp_path_factory: pytest.TempPathFactory):
             train(cfg)
             cfgs.append(cfg)
             assert wandb.run is None  # train() ended the job's run
-    return cfgs, made, logged
+    return cfgs, made, logged, steps
 
 
 def test_each_training_gets_its_own_finished_run(two_wandb_trainings) -> None:
-    cfgs, made, _ = two_wandb_trainings
+    cfgs, made, *_ = two_wandb_trainings
     runs = [offline_runs(Path(cfg.paths.output_dir)) for cfg in cfgs]
     assert [len(r) for r in runs] == [1, 1]
     ids = [logger.experiment.id for logger in made]
@@ -262,7 +270,7 @@ def test_each_training_gets_its_own_finished_run(two_wandb_trainings) -> None:
 
 
 def test_config_is_logged_as_flat_plain_values(two_wandb_trainings) -> None:
-    cfgs, made, _ = two_wandb_trainings
+    cfgs, made, *_ = two_wandb_trainings
     config = {k: v for k, v in made[0].experiment.config.items() if not k.startswith("_")}
     assert config["optimizer.generator.lr"] == pytest.approx(cfgs[0].optimizer.generator.lr)
     assert isinstance(config["optimizer.generator.lr"], float)
@@ -273,14 +281,145 @@ def test_config_is_logged_as_flat_plain_values(two_wandb_trainings) -> None:
 
 
 def test_samples_are_logged_as_uint8_images(two_wandb_trainings) -> None:
-    cfgs, _, images = two_wandb_trainings
+    cfgs, _, images, steps = two_wandb_trainings
     assert len(images) == 2  # one grid at the end of each job
+    assert steps == [2, 2]  # at step = generator steps, so grids line up across runs
     for image in images:
         image = np.asarray(image)
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     for cfg in cfgs:
         (run,) = offline_runs(Path(cfg.paths.output_dir))
         assert list((run / "files" / "media" / "images").glob("samples_2_*.png"))
+
+
+def test_trainings_are_tagged_with_their_recipe_as_train_jobs(two_wandb_trainings) -> None:
+    _, made, *_ = two_wandb_trainings
+    run = made[0].experiment
+    assert run.job_type == "train"
+    assert list(run.tags) == ["data=ring8", "objective=non_saturating", "arch=mlp"]
+
+
+# --- recipe tags and the best metric ---------------------------------------------------------
+
+
+def test_tags_are_the_recipe_then_the_users(no_credentials: Path, tmp_path: Path) -> None:
+    compose_config(["model=wgan_gp", "arch=dcgan", "data=digits"], tmp_path / "run")
+    logger = loggers.wandb_logger(
+        project="test", save_dir=str(tmp_path / "run"), tags=ListConfig(["mine", 1, "arch=dcgan"])
+    )
+    init = logger._wandb_init
+    recipe = ["model=wgan_gp", "data=digits", "objective=wasserstein", "arch=dcgan"]
+    assert init["tags"] == [*recipe, "mine", "1"]  # a user tag equal to a recipe tag: once
+    assert init["job_type"] == "train"
+
+
+def test_record_best_goes_to_the_wandb_summary_only(no_credentials: Path, tmp_path: Path) -> None:
+    logger = loggers.wandb_logger(project="test", save_dir=str(tmp_path / "run"))
+    others = [CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb")]
+    try:
+        loggers.record_best([*others, logger], "rkl_2500", 0.5, 100)
+        wrapped = loggers.fail_soft([*others, logger])
+        loggers.record_best(wrapped, "rkl_2500", 0.25, 300)  # a later improvement
+        summary = logger.experiment.summary
+        assert (summary["best/rkl_2500"], summary["best/rkl_2500_g_steps"]) == (0.25, 300)
+    finally:
+        loggers.finish_wandb([logger])
+    assert len(offline_runs(tmp_path / "run")) == 1
+    assert not (tmp_path / "csv").exists() and not (tmp_path / "tb").exists()
+
+
+def test_training_puts_the_best_metric_and_its_step_in_the_summary(no_credentials, make_cfg):
+    made: list[WandbLogger] = []
+    summaries: list[dict] = []
+    factory, finish = loggers.wandb_logger, gan_runner.train.finish_wandb
+
+    def finish_after_a_look(*args, **kwargs):  # W&B empties the run's summary object at finish
+        summaries.append(dict(made[0].experiment.summary))
+        finish(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loggers, "wandb_logger", lambda **kw: made.append(factory(**kw)) or made[-1])
+        mp.setattr(gan_runner.train, "finish_wandb", finish_after_a_look)
+        only_metrics = [c for c in SAMPLES_ONLY if c != "~callbacks.metrics"]
+        only_metrics.append("~callbacks.samples")
+        cfg = make_cfg(
+            *BASE, *only_metrics, "metrics=[mixture]", "callbacks.metrics.every=1", "logger=wandb",
+            quick=False,
+        )  # fmt: skip
+        train(cfg)
+    lines = (Path(cfg.paths.output_dir) / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    best = records[-1]["best"]
+    assert [r["g_steps"] for r in records] == [1, 2] and best["metric"] == "rkl_2500"
+    (summary,) = summaries
+    assert summary["best/rkl_2500"] == pytest.approx(best["value"])
+    assert summary["best/rkl_2500_g_steps"] == best["g_steps"]
+
+
+# --- loggers that fail -----------------------------------------------------------------------
+
+
+class BrokenLogger(Logger):
+    """A logger whose service goes away after `works` calls, as W&B does when unreachable."""
+
+    def __init__(self, works: int) -> None:
+        self.works, self.calls = works, []
+
+    @property
+    def name(self) -> str:
+        return "broken"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics, step=None) -> None:
+        if len(self.calls) >= self.works:
+            raise ConnectionError("api.example.org unreachable\nretrying in 10 s")
+        self.calls.append((metrics, step))
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        self.log_metrics(params)
+
+
+def failure_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "logging failed" in r.getMessage()]
+
+
+def test_a_failing_logger_warns_once_and_is_switched_off(caplog) -> None:
+    broken = BrokenLogger(works=1)
+    (wrapped,) = loggers.fail_soft([broken])
+    with caplog.at_level(logging.WARNING, logger="gan_runner.loggers"):
+        for step in range(4):
+            wrapped.log_metrics({"a": float(step)}, step)
+        wrapped.log_hyperparams({"lr": 0.1})
+        wrapped.experiment.add_image("x", None)  # a failed logger's experiment takes anything
+    assert broken.calls == [({"a": 0.0}, 0)]  # nothing reaches it after the failure
+    assert failure_lines(caplog) == [
+        "BrokenLogger logging failed (ConnectionError: api.example.org unreachable); "
+        "training continues without it"
+    ]
+    assert wrapped.failed and (wrapped.name, wrapped.version) == ("broken", 0)
+    assert loggers.fail_soft([wrapped]) == [wrapped] and loggers.unwrap(wrapped) is broken
+
+
+def test_training_goes_on_when_wandb_cannot_start(no_credentials, make_cfg, monkeypatch, caplog):
+    def unreachable(**kwargs):
+        raise ConnectionError("W&B unreachable")
+
+    monkeypatch.setattr(wandb, "init", unreachable)
+    cfg = make_cfg(*BASE, *SAMPLES_ONLY, "logger=wandb", quick=False)
+    with caplog.at_level(logging.WARNING):
+        metrics = train(cfg)
+    assert metrics["train/g_steps"] == 2
+    assert failure_lines(caplog) == [
+        "W&B logging failed (ConnectionError: W&B unreachable); training continues without it"
+    ]
+    with open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(row["train/g_steps"]) for row in rows] == [1.0, 2.0]
+    assert all(row["train/g_loss"] for row in rows)
+    assert wandb.run is None
 
 
 def test_tensorboard_writes_events_in_the_run_folder(make_cfg) -> None:

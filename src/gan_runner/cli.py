@@ -1,4 +1,5 @@
-"""Console entry points: `gan-run` (train), `gan-sample`, `gan-eval` (checkpoints), `gan-list`."""
+"""Console entry points: `gan-run` (train), `gan-sample`, `gan-eval` (checkpoints), `gan-report`
+(comparing run folders), `gan-list`."""
 
 from __future__ import annotations
 
@@ -159,6 +160,13 @@ def evaluate() -> None:
     # evaluations): gan-eval's list is the key `scores`, and metrics= its command-line alias.
     sys.argv = [re.sub(r"^metrics=", "scores=", arg) for arg in sys.argv]
     _launch(_eval_main)
+
+
+def report() -> None:
+    """`gan-report <run or multirun folders> [--out DIR]`: compare runs from their folders."""
+    from gan_runner.report import main
+
+    main()
 
 
 def _description(path: Any) -> str:

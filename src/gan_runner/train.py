@@ -26,7 +26,7 @@ from gan_runner.callbacks.preemption import Interrupted, Preemption
 from gan_runner.callbacks.samples import SampleGrid
 from gan_runner.config import check_launch, check_run_settings, check_targets, chosen_option
 from gan_runner.errors import UserError
-from gan_runner.loggers import finish_wandb
+from gan_runner.loggers import fail_soft, finish_wandb
 from gan_runner.module import CriticSchedule, GANModule
 from gan_runner.resume import ResumePlan, plan_resume, trim_history
 
@@ -224,7 +224,8 @@ def assemble(cfg: DictConfig) -> Assembled:
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it must hide
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks.append(StopAtGSteps(settings.train.g_steps))
-    return Assembled(datamodule, module, callbacks, build_each(cfg, "logger"))
+    # A logger that fails (W&B unreachable) warns once and is dropped; training goes on.
+    return Assembled(datamodule, module, callbacks, fail_soft(build_each(cfg, "logger")))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
