@@ -78,11 +78,17 @@ def describe_error(error: BaseException) -> str:
 
 def _report_in_one_line(func: Any) -> Any:
     """Hydra's error reporter, replaced: errors a user can fix print one line, not a traceback."""
+    from gan_runner.sweeps import raise_failed_jobs, sweep_error
+
     try:
-        return func()
+        result = func()
+        raise_failed_jobs()  # a multirun that finished with failed jobs exits with their summary
+        return result
     except Exception as error:  # noqa: BLE001 - every failure is reported, bugs with a traceback
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        # A multirun whose jobs failed: one line naming them; a resolver's UserError, unwrapped.
+        error = sweep_error(error)
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
@@ -104,6 +110,10 @@ def _hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
             try:
                 return task(cfg)
             except UserError as error:
+                from gan_runner.sweeps import in_multirun
+
+                if in_multirun():
+                    raise  # Hydra records the failed job and runs the others (gan_runner.sweeps)
                 print(f"error: {error}", file=sys.stderr)
                 sys.exit(2)
 
@@ -123,11 +133,10 @@ def _launch(app: Callable[[], Any]) -> None:
 
 @_hydra_app(CONFIG_NAME)
 def _main(cfg: DictConfig) -> float | None:
+    from gan_runner.sweeps import sweep_value
     from gan_runner.train import train
 
-    metrics = train(cfg)
-    optimized = cfg.get("optimized_metric")
-    return metrics.get(optimized) if optimized else None
+    return sweep_value(cfg, train(cfg))
 
 
 @_hydra_app("sample")

@@ -120,6 +120,8 @@ def check_launch(cfg: DictConfig) -> None:
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return
+    if str(HydraConfig.get().launcher.get("_target_", "")).endswith("SlurmLauncher"):
+        return  # one SLURM task per device: Lightning's SLURMEnvironment re-runs nothing
     trainer = cfg.trainer
     devices, nodes = trainer.get("devices", 1), int(trainer.get("num_nodes", 1) or 1)
     several = (
