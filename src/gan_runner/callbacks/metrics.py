@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from gan_runner.errors import UserError
+from gan_runner.loggers import record_best
 from gan_runner.metrics.base import Evaluation
 from gan_runner.module import GANModule
 
@@ -84,6 +85,8 @@ class EvaluateMetrics(pl.Callback):
     evaluation's `primary`.
     Each evaluation draws from its own generator, seeded (seed + index) per rank, inside
     `isolate_rng`, so turning metrics on leaves the training trajectory bit for bit unchanged.
+    Under DDP every rank evaluates: each draws its share of the samples and the evaluations
+    gather them (metrics.base), so every rank computes and logs the value over all n samples.
     """
 
     def __init__(
@@ -230,11 +233,14 @@ class EvaluateMetrics(pl.Callback):
             self.best_value is None
             or (value < self.best_value if self.best_mode == "min" else value > self.best_value)
         )
-        # Rank 0 decides for all: saving is collective, and ranks may score different samples.
+        # Every rank scored the same gathered samples, so the values agree; saving is
+        # collective, so rank 0's decision is still broadcast, lest a last-bit difference in
+        # some kernel leave one rank waiting in save_checkpoint for the others.
         better, value = trainer.strategy.broadcast((better, value), src=0)
         if better:
             self.best_value, self.best_g_steps = value, g_steps
             trainer.save_checkpoint(self.best_path, weights_only=False)  # atomic IO plugin
+            record_best(trainer.loggers, self.best_metric, value, g_steps)
         return better
 
     def _best(self) -> dict[str, float]:

@@ -4,10 +4,11 @@ Each image is passed through the extractor once and every score reads its featur
 `scores`), so one forward serves FID, KID, IS, PR and DC.
 
 Real statistics are computed once per reference (data, split, resolution, extractor weights,
-sample count) and cached on disk; rank 0 writes the file. An evaluation is self-contained on
-its process (`sync_on_compute=False`): under DDP each rank scores its own n_fake samples against
-the whole reference, so real sums loaded on every rank are never summed W times by a metric's
-reduction, and rank 0's value is the one logged.
+sample count) and cached on disk; rank 0 writes the file. Under DDP each rank generates and
+extracts its share of the n_fake samples; the fake-side FID sums are added over ranks and the
+feature rows gathered, so every rank scores all n_fake fakes and gets the same values. The
+metrics themselves never sync (`sync_on_compute=False`): real sums held by every rank would
+otherwise be added W times.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from gan_runner.data.module import TensorData, resize_images, to_model_range
 from gan_runner.errors import UserError
-from gan_runner.metrics.base import count, fake_batches, real_batches
+from gan_runner.metrics.base import count, fake_batches, gather_rows, rank_share, real_batches
 from gan_runner.metrics.extractors import data_identity, default_cache_dir, digest, save_atomic
 from gan_runner.metrics.scores import (
+    add_fakes_over_ranks,
     density_coverage,
     fid_metric,
     inception_score,
@@ -161,15 +163,20 @@ class FidelityEvaluation:
     ) -> dict[str, float]:
         """Metric name (with its protocol) -> value, for n_fake samples of module's generator."""
         self.prepare(datamodule, module.device)
-        return self.score(fake_batches(module, self.n_fake, self.batch_size, generator))
+        share = rank_share(self.n_fake)
+        return self.score(fake_batches(module, share, self.batch_size, generator))
 
     def score(self, fakes: Iterable[Tensor]) -> dict[str, float]:
-        """Score batches of images in [-1, 1] against the prepared reference."""
+        """Score batches of images in [-1, 1] against the prepared reference.
+
+        Under DDP, `fakes` is this rank's share (`rank_share(n_fake)`) and every rank must call
+        this; each gets the scores of all n_fake fakes.
+        """
         if self._real is None:
             raise RuntimeError("FidelityEvaluation.prepare(datamodule) must run before score")
         fid = self._fid_with_reals() if "fid" in self.metrics else None
-        features, logits, seen = [], [], 0
-        for batch in self._progress(fakes, self.n_fake, "fakes"):
+        features, logits, seen, share = [], [], 0, rank_share(self.n_fake)
+        for batch in self._progress(fakes, share, "fakes"):
             batch_features, batch_logits = self._extract(batch)
             seen += batch.shape[0]
             if fid is not None:
@@ -178,18 +185,23 @@ class FidelityEvaluation:
                 features.append(batch_features.cpu())  # on the CPU: 50k × 2048 is 400 MB
             if "is" in self.metrics or "modes" in self.metrics:
                 logits.append(batch_logits.cpu())
-        if seen != self.n_fake:  # the names promise n_fake samples
-            raise ValueError(f"scored {seen} samples, but n_fake={self.n_fake}")
+        if seen != share:  # the names promise n_fake samples over all ranks
+            raise ValueError(
+                f"scored {seen} samples, but n_fake={self.n_fake} (this rank: {share})"
+            )
         names, values = self._names(), {}
         if fid is not None:
+            add_fakes_over_ranks(fid)
             values[names["fid"]] = float(fid.compute())
+        if logits:
+            logits = gather_rows(torch.cat(logits))
         if "is" in self.metrics:
-            values[names["is"]] = inception_score(torch.cat(logits), self.is_splits, self.seed)
+            values[names["is"]] = inception_score(logits, self.is_splits, self.seed)
         if "modes" in self.metrics:
-            modes, kl = class_modes(torch.cat(logits))
+            modes, kl = class_modes(logits)
             values.update({names["modes"]: modes, names["rkl"]: kl})
         if self.keep_features:
-            values.update(self._feature_metrics(torch.cat(features)))
+            values.update(self._feature_metrics(gather_rows(torch.cat(features))))
         return values
 
     def _feature_metrics(self, fake: Tensor) -> dict[str, float]:

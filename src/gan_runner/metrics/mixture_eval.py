@@ -10,7 +10,7 @@ from torch import Tensor
 
 from gan_runner.errors import UserError
 from gan_runner.loggers import log_image
-from gan_runner.metrics.base import count, fake_batches
+from gan_runner.metrics.base import count, gathered_fakes
 from gan_runner.metrics.mixture import ModeStats, mode_statistics
 from gan_runner.plots import scatter_over_data
 
@@ -59,8 +59,8 @@ class MixtureEvaluation:
     ) -> dict[str, float]:
         self.prepare(datamodule)
         source = datamodule.source
-        batches = fake_batches(module, self.n_samples, self.batch_size, generator)
-        fake = torch.cat(list(batches)).cpu()
+        # Every rank scores all n samples (its share plus the others'): the same value on each.
+        fake = gathered_fakes(module, self.n_samples, self.batch_size, generator).cpu()
         stats = mode_statistics(fake, source.means, source.std, self.n_std)
         if self.scatter_dir is not None and module.global_rank == 0:
             self._draw(module, datamodule, fake, stats)

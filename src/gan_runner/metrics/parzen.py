@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from gan_runner.data.module import resize_images, to_model_range
 from gan_runner.errors import UserError
-from gan_runner.metrics.base import count, fake_batches
+from gan_runner.metrics.base import count, gather_rows, gathered_fakes, rank_rows
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +124,15 @@ class ParzenWindow:
         self, module: Any, datamodule: Any, generator: torch.Generator
     ) -> dict[str, float]:
         self.prepare(datamodule)
-        validation, test = (t.to(module.device) for t in self._reference_points)
-        fake = torch.cat(list(fake_batches(module, self.n_samples, self.batch_size, generator)))
+        # The kernel centres are all n fakes on every rank; each rank scores its block of the
+        # held-out points and the blocks are swapped, so every rank holds the same numbers.
+        validation, test = (rank_rows(t).to(module.device) for t in self._reference_points)
+        fake = gathered_fakes(module, self.n_samples, self.batch_size, generator)
         fake, show, grid = self._scaled(fake), module.global_rank == 0, self.sigmas
-        sigma = select_sigma(validation, fake, grid, desc="parzen σ" if show else "")
+        valid_ll = log_densities(validation, fake, grid, desc="parzen σ" if show else "")
+        sigma = float(grid[gather_rows(valid_ll.T).T.mean(1).argmax()])
         best = torch.tensor([sigma])
-        ll = log_densities(test, fake, best, desc="parzen test" if show else "")[0]
+        ll = gather_rows(log_densities(test, fake, best, desc="parzen test" if show else "")[0])
         if show and len(grid) > 1 and sigma in (float(grid[0]), float(grid[-1])):
             log.warning("parzen: σ=%.3g is at the end of the grid; widen log10_sigma_*", sigma)
         return {

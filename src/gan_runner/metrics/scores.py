@@ -19,6 +19,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from gan_runner.metrics.base import sum_over_ranks
+
 
 class Given(nn.Module):
     """Features computed beforehand, handed to torchmetrics in place of its Inception network."""
@@ -41,6 +43,13 @@ def fid_metric(num_features: int) -> FrechetInceptionDistance:
         sync_on_compute=False,
     )
     return fid.set_dtype(torch.float64)
+
+
+def add_fakes_over_ranks(fid: FrechetInceptionDistance) -> None:
+    """Under DDP, make a rank's FID hold every rank's fakes (its fake sums added over ranks)."""
+    fid.fake_features_sum = sum_over_ranks(fid.fake_features_sum)
+    fid.fake_features_cov_sum = sum_over_ranks(fid.fake_features_cov_sum)
+    fid.fake_features_num_samples = sum_over_ranks(fid.fake_features_num_samples)
 
 
 def frechet_distance(real: Tensor, fake: Tensor) -> float:
