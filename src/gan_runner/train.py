@@ -27,7 +27,7 @@ from gan_runner.callbacks.samples import SampleGrid
 from gan_runner.config import check_launch, check_run_settings, check_targets, chosen_option
 from gan_runner.errors import UserError
 from gan_runner.loggers import fail_soft, finish_wandb
-from gan_runner.module import CriticSchedule, GANModule
+from gan_runner.module import CHECKPOINT_KEY, Counters, CriticSchedule, GANModule
 from gan_runner.resume import ResumePlan, plan_resume, trim_history
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer = build_trainer(cfg, callbacks, loggers)
         checkpoint = str(plan.checkpoint) if plan else None
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+        _collect_spawned_state(trainer, module, callbacks)
         fitted = True
     except Interrupted as stop:
         _exit_on_signal(stop, callbacks)
@@ -251,6 +252,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if _is_scalar(v)}
     report(cfg, module, callbacks, metrics)
     return metrics
+
+
+def _collect_spawned_state(trainer: pl.Trainer, module: GANModule, callbacks: list) -> None:
+    """ddp_spawn trains in child processes and sends back only the weights: read the counters
+    and callback records (best metric) back from the run's last checkpoint for the summary."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    last = next((c.last_path for c in callbacks if isinstance(c, GStepCheckpoint)), None)
+    if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher) or last is None:
+        return
+    if not last.is_file():
+        return
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    module.counters = Counters(**checkpoint[CHECKPOINT_KEY]["counters"])
+    for callback in callbacks:
+        saved = checkpoint.get("callbacks", {}).get(callback.state_key)
+        if saved is not None:
+            callback.load_state_dict(saved)
 
 
 def continue_where(cfg: DictConfig) -> ResumePlan | None:
