@@ -236,11 +236,16 @@ class GANModule(pl.LightningModule):
         ]
         if not params:
             return
+        # A fused optimizer unscales inside its own step under 16-mixed, so its gradients are
+        # still scaled here: compare and report them in true units.
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        fused = scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False)
+        scale = float(scaler.get_scale()) if fused else 1.0
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if clip:
-            torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+            torch.nn.utils.clip_grads_with_norm_(params, clip * scale, norm)
         if self.logs_this_step:
-            self._grad_norms[name] = norm  # before clipping: how large the update wanted to be
+            self._grad_norms[name] = norm / scale  # before clipping: the update it wanted
 
     def _log_step(self, logs: dict[str, Tensor]) -> None:
         values = {f"train/{key}": value for key, value in logs.items()}

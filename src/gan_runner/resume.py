@@ -37,6 +37,7 @@ OUTSIDE_THE_TRAJECTORY = (
     "metrics",
     "optimized_metric",
     "guard",
+    "speed",
     "callbacks.samples",
     "callbacks.metrics",
     "callbacks.checkpoint",

@@ -29,6 +29,7 @@ from gan_runner.errors import UserError
 from gan_runner.loggers import fail_soft, finish_wandb
 from gan_runner.module import CHECKPOINT_KEY, Counters, CriticSchedule, GANModule
 from gan_runner.resume import ResumePlan, plan_resume, trim_history
+from gan_runner.speed import apply_speed_options
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,7 @@ def assemble(cfg: DictConfig) -> Assembled:
     pl.seed_everything(settings.seed, workers=True, verbose=False)
     datamodule = build(cfg, "data")
     module = build_module(cfg)
+    apply_speed_options(module, cfg.get("speed"))
     callbacks = build_each(cfg, "callbacks")
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it must hide
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
