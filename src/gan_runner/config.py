@@ -78,6 +78,16 @@ class RunSettings:
         _at_least("num_classes", self.num_classes, 0)
 
 
+def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys of plain values (lists as their text, as W&B gets them)."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: str(tree) if isinstance(tree, list) else tree}
+
+
 def _at_least(key: str, value: int, low: int) -> None:
     if value < low:
         raise UserError(f"{key}={value} is out of range: it must be >= {low}")

@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from gan_runner.checkpoints import load_checkpoint
+from gan_runner.config import flat_keys
 from gan_runner.errors import UserError
 from gan_runner.module import CHECKPOINT_KEY
 
@@ -90,7 +91,7 @@ def plan_resume(cfg: DictConfig) -> ResumePlan | None:
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """'key: saved -> current' for every flattened key that changes the training trajectory."""
-    before, after = _flatten(saved), _flatten(current)
+    before, after = flat_keys(saved), flat_keys(current)
     lines = []
     for key in sorted(before.keys() | after.keys()):
         if _outside_trajectory(key) or before.get(key, "<unset>") == after.get(key, "<unset>"):
@@ -101,15 +102,6 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 
 def _outside_trajectory(key: str) -> bool:
     return any(key == k or key.startswith(f"{k}.") for k in OUTSIDE_THE_TRAJECTORY)
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: tree}
 
 
 def find_auto(cfg: DictConfig) -> tuple[Path, Path] | None:

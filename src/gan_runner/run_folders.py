@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from gan_runner.config import flat_keys
 from gan_runner.errors import UserError
 
 MISSING = "—"  # a key one run's config lacks
@@ -104,16 +105,6 @@ def _load_yaml(path: Path) -> Any:
         raise UserError(f"{path} is not readable YAML ({reason}); restore or delete it") from None
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as dotted keys of plain values (lists as their text, as W&B gets them)."""
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: str(tree) if isinstance(tree, list) else tree}
-
-
 def read_run(path: Path) -> Run:
     """A run folder's config and group choices (.hydra/), metrics.jsonl and csv/metrics.csv."""
     config = _load_yaml(path / ".hydra" / "config.yaml")
@@ -122,7 +113,7 @@ def read_run(path: Path) -> Run:
     hydra_yaml = path / ".hydra" / "hydra.yaml"
     hydra = (_load_yaml(hydra_yaml) if hydra_yaml.is_file() else None) or {}
     choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
-    run = Run(path, flatten(config), {k: v for k, v in choices.items() if v is not None})
+    run = Run(path, flat_keys(config), {k: v for k, v in choices.items() if v is not None})
     run.evaluations = _read_jsonl(path / "metrics.jsonl")
     run.losses, run.logged_g_steps = _read_losses(path / "csv" / "metrics.csv")
     return run

@@ -24,7 +24,13 @@ from gan_runner.callbacks.checkpoint import AtomicCheckpointIO, GStepCheckpoint
 from gan_runner.callbacks.metrics import EvaluateMetrics
 from gan_runner.callbacks.preemption import Interrupted, Preemption
 from gan_runner.callbacks.samples import SampleGrid
-from gan_runner.config import check_launch, check_run_settings, check_targets, chosen_option
+from gan_runner.config import (
+    check_launch,
+    check_run_settings,
+    check_targets,
+    chosen_option,
+    flat_keys,
+)
 from gan_runner.errors import UserError
 from gan_runner.loggers import fail_soft, finish_wandb
 from gan_runner.module import CHECKPOINT_KEY, Counters, CriticSchedule, GANModule
@@ -238,7 +244,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     fitted = False
     try:  # the W&B run starts at log_hyperparams: end it even if the trainer fails to build
         for logger in loggers:
-            logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
+            logger.log_hyperparams(flat_keys(OmegaConf.to_container(cfg, resolve=True)))
         trainer = build_trainer(cfg, callbacks, loggers)
         checkpoint = str(plan.checkpoint) if plan else None
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
@@ -304,18 +310,6 @@ def _exit_on_signal(stop: Interrupted, callbacks: list[pl.Callback]) -> None:
 
 def _is_scalar(value: Any) -> bool:
     return not isinstance(value, torch.Tensor) or value.numel() == 1
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested config as flat dotted keys of plain values (what W&B and CSV can filter on)."""
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    if isinstance(tree, list):
-        return {prefix[:-1]: str(tree)}
-    return {prefix[:-1]: tree}
 
 
 def report(cfg: DictConfig, module: GANModule, callbacks: list, metrics: dict[str, float]) -> None:
