@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.plugins import MixedPrecision
@@ -141,3 +143,28 @@ def test_fp16_with_a_grad_scaler_steps_both_optimizers_and_clips_after_unscaling
         assert math.isfinite(float(metrics[key])), key
     check_penalty_in_float32(record, torch.float16)
     check_clipped_after_unscaling(record)
+
+
+def test_the_grad_scaler_state_is_checkpointed_and_restored_on_resume(make_cfg, tmp_path):
+    def fit_fp16(init_scale: float, *overrides: str, ckpt: Path | None = None) -> list[float]:
+        scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=3)
+        seen: list[float] = []
+
+        class ScaleAtStart(pl.Callback):
+            def on_train_start(self, trainer, pl_module) -> None:
+                seen.append(scaler.get_scale())
+
+        cfg = make_cfg(*WGAN_GP, "trainer.precision=null", "n_critic=2", *overrides)
+        run = assemble(cfg)
+        plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+        trainer = build_trainer(cfg, [*run.callbacks, ScaleAtStart()], [], plugins=[plugin])
+        trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=ckpt)
+        trainer.save_checkpoint(tmp_path / "fp16.ckpt")
+        return [*seen, scaler.get_scale()]
+
+    _, trained_scale = fit_fp16(256.0, "train.g_steps=4")
+    assert trained_scale != 256.0  # growth_interval=3: the scale moved while training
+    saved = torch.load(tmp_path / "fp16.ckpt", weights_only=True)
+    assert saved["MixedPrecision"]["scale"] == trained_scale
+    resumed_start, _ = fit_fp16(1.0, "train.g_steps=5", ckpt=tmp_path / "fp16.ckpt")
+    assert resumed_start == trained_scale  # not the fresh scaler's 1.0
