@@ -1,0 +1,277 @@
+"""`make bench-quality`: the default 2D recipe on ring8 and grid25 over seeds, against PacGAN.
+
+Each seed trains exactly what `gan-run data=<name> seed=<seed>` trains (through
+`gan_runner.train.assemble`), without sample grids, checkpoints, loggers or progress bar, and
+its EMA generator is scored as gan-run's final evaluation scores it: the PacGAN protocol
+(2,500 samples, high quality within 3 std of the nearest mean; BENCHMARKS.md). The report holds
+modes, HQ% and reverse KL as mean ± standard error over seeds, the fewest modes any seed
+covered, wall-clock seconds per seed, and pass/fail against the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from lightning.pytorch.callbacks import ProgressBar
+from omegaconf import DictConfig, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from gan_runner.cli import describe_error
+from gan_runner.errors import UserError
+from gan_runner.metrics.mixture_eval import MixtureEvaluation
+from gan_runner.train import assemble, build_trainer
+
+DATA_SETS = ("ring8", "grid25")
+# BENCHMARKS.md's bar: every mode in every seed, HQ >= 95%, rKL <= 0.03, < 3 minutes per seed.
+TARGET_HQ_PERCENT, TARGET_RKL, TARGET_SECONDS = 95.0, 0.03, 180.0
+# The best published row (PacGAN4, Lin et al. 2018 Table 1): modes, HQ%, rKL.
+PACGAN4 = {"ring8": (7.8, 95.9, 0.07), "grid25": (24.8, 93.6, 0.04)}
+QUIET = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none"]
+
+
+@dataclass(frozen=True)
+class SeedRow:
+    """One seed's training time and PacGAN scores."""
+
+    data: str
+    seed: int
+    n_modes: int
+    modes: int
+    hq_percent: float
+    rkl: float
+    seconds: float
+    g_steps: int
+
+
+def compose_run(data: str, seed: int, overrides: list[str], output_dir: Path) -> DictConfig:
+    """gan-run's config for `data=<data> seed=<seed> <overrides>`, writing into output_dir."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="gan_runner.conf", version_base="1.3"):
+            cfg = compose(
+                "train",
+                overrides=[*QUIET, f"data={data}", f"seed={seed}", *overrides],
+                return_hydra_config=True,
+            )
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UserError(describe_error(error)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.root_dir = os.getcwd()
+        del cfg["hydra"]
+        for name in cfg.callbacks:  # the EMA generator is what is scored; nothing else runs
+            if name != "ema":
+                cfg.callbacks[name] = None
+    return cfg
+
+
+def train_seed(data: str, seed: int, overrides: list[str], workdir: Path) -> SeedRow:
+    """Train one seed of the recipe and score its EMA generator as gan-run's last evaluation."""
+    cfg = compose_run(data, seed, overrides, workdir / f"{data}_seed{seed}")
+    started = time.perf_counter()
+    run = assemble(cfg)
+    callbacks = [c for c in run.callbacks if not isinstance(c, ProgressBar)]
+    trainer = build_trainer(cfg, callbacks, [])
+    trainer.fit(run.module, datamodule=run.datamodule)
+    seconds = time.perf_counter() - started
+    # The metrics callback's first evaluation draws its noise from a generator seeded `seed`.
+    noise = torch.Generator(device=run.module.device).manual_seed(seed)
+    evaluation = MixtureEvaluation(n_samples=2500, n_std=3.0)
+    scores = evaluation.evaluate(run.module, run.datamodule, noise)
+    modes, hq, rkl = (scores[name] for name in evaluation.names())
+    return SeedRow(
+        data=data,
+        seed=seed,
+        n_modes=len(run.datamodule.source.means),
+        modes=int(modes),
+        hq_percent=float(hq),
+        rkl=float(rkl),
+        seconds=round(seconds, 2),
+        g_steps=int(run.module.counters.g_steps),
+    )
+
+
+def mean_se(values: list[float]) -> tuple[float, float | None]:
+    """Mean and standard error (sample std / sqrt(n)); no standard error for a single value."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, statistics.stdev(values) / math.sqrt(len(values))
+
+
+def summarize(rows: list[SeedRow]) -> dict[str, Any]:
+    """Per data set: mean ± s.e. of modes, HQ%, rKL and seconds, fewest modes, and the verdict."""
+    summary: dict[str, Any] = {}
+    for data in dict.fromkeys(row.data for row in rows):
+        mine = [row for row in rows if row.data == data]
+        entry: dict[str, Any] = {"seeds": [row.seed for row in mine], "n_modes": mine[0].n_modes}
+        for key in ("modes", "hq_percent", "rkl", "seconds"):
+            mean, se = mean_se([float(getattr(row, key)) for row in mine])
+            entry[key] = {"mean": mean, "se": se}
+        entry["min_modes"] = min(row.modes for row in mine)
+        entry["max_seconds"] = max(row.seconds for row in mine)
+        entry["g_steps"] = mine[0].g_steps
+        entry["checks"] = {
+            "all_modes_every_seed": entry["min_modes"] == entry["n_modes"],
+            f"hq_percent_at_least_{TARGET_HQ_PERCENT:g}": entry["hq_percent"]["mean"]
+            >= TARGET_HQ_PERCENT,
+            f"rkl_at_most_{TARGET_RKL:g}": entry["rkl"]["mean"] <= TARGET_RKL,
+            f"seconds_per_seed_under_{TARGET_SECONDS:g}": entry["max_seconds"] < TARGET_SECONDS,
+        }
+        entry["passed"] = all(entry["checks"].values())
+        summary[data] = entry
+    return summary
+
+
+def machine() -> dict[str, Any]:
+    """Where the times were measured: they only compare on the same machine and load."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _cell(stat: dict[str, Any], digits: int) -> str:
+    if stat["se"] is None:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['se']:.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table, PacGAN4's published row beside each data set."""
+    lines = [
+        "| data | seeds | G steps | modes | min modes | HQ % | rKL | s / seed (max) | pass |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for data, entry in report["summary"].items():
+        seconds = f"{_cell(entry['seconds'], 0)} ({entry['max_seconds']:.0f})"
+        lines.append(
+            f"| {data} | {len(entry['seeds'])} | {entry['g_steps']} | "
+            f"{_cell(entry['modes'], 2)} / {entry['n_modes']} | {entry['min_modes']} | "
+            f"{_cell(entry['hq_percent'], 1)} | {_cell(entry['rkl'], 3)} | {seconds} | "
+            f"{'yes' if entry['passed'] else 'no'} |"
+        )
+        if data in PACGAN4:
+            modes, hq, rkl = PACGAN4[data]
+            lines.append(
+                f"| {data}: PacGAN4 (published) | 10 | – | {modes} | – | {hq} | {rkl} | – | – |"
+            )
+    start, end = report["machine_start"], report["machine_end"]
+    lines += [
+        "",
+        f"Targets: every mode in every seed, HQ ≥ {TARGET_HQ_PERCENT:g}%, rKL ≤ {TARGET_RKL:g}, "
+        f"under {TARGET_SECONDS:g} s per seed (BENCHMARKS.md). Overrides: "
+        f"{' '.join(report['overrides']) or '(none: the default recipe)'}.",
+        f"Machine: {start['platform']}, {start['cpu_count']} CPUs, torch {start['torch']} on "
+        f"{start['torch_threads']} thread(s); load average (1 min) {start['load_average_1m']} "
+        f"at the start, {end['load_average_1m']} at the end.",
+    ]
+    for data, entry in report["summary"].items():
+        failed = [name for name, ok in entry["checks"].items() if not ok]
+        lines.append(
+            f"{data}: {'all targets met' if not failed else 'missed ' + ', '.join(failed)}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run(data_sets: list[str], seeds: list[int], overrides: list[str], out: Path) -> dict[str, Any]:
+    """Train every (data set, seed), write quality.json and quality.md under out, return both."""
+    start = machine()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="gan_bench_quality_") as workdir:
+        for data in data_sets:
+            for seed in seeds:
+                row = train_seed(data, seed, overrides, Path(workdir))
+                print(
+                    f"{data} seed {seed}: {row.modes}/{row.n_modes} modes, HQ "
+                    f"{row.hq_percent:.1f}%, rKL {row.rkl:.3f}, {row.seconds:.0f} s",
+                    flush=True,
+                )
+                rows.append(row)
+    report = {
+        "protocol": "PacGAN Table 1 (Lin et al. 2018): 2,500 samples, HQ within 3 std",
+        "targets": {"hq_percent": TARGET_HQ_PERCENT, "rkl": TARGET_RKL, "seconds": TARGET_SECONDS},
+        "overrides": overrides,
+        "machine_start": start,
+        "machine_end": machine(),
+        "rows": [asdict(row) for row in rows],
+        "summary": summarize(rows),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "quality.md").write_text(markdown(report))
+    return report
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m gan_runner.bench.quality",
+        description="Train the default 2D recipe over seeds and score it by the PacGAN protocol.",
+    )
+    parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default 10)")
+    parser.add_argument("--seed-list", default=None, help="explicit seeds, e.g. 3,7")
+    parser.add_argument("--data", default=",".join(DATA_SETS), help="ring8, grid25 or both")
+    parser.add_argument("--out", default="outputs/bench", help="folder for quality.json/.md")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument("overrides", nargs="*", help="gan-run overrides, e.g. train.g_steps=100")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        data_sets = [name.strip() for name in args.data.split(",") if name.strip()]
+        unknown = [name for name in data_sets if name not in DATA_SETS]
+        if unknown or not data_sets:
+            raise UserError(f"--data {args.data}: choose from {', '.join(DATA_SETS)}")
+        seeds = _seeds(args)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        report = run(data_sets, seeds, args.overrides, Path(args.out))
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(markdown(report), end="")
+    print(f"Written: {Path(args.out) / 'quality.json'}, {Path(args.out) / 'quality.md'}")
+    return 0
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    if args.seed_list:
+        try:
+            return [int(seed) for seed in args.seed_list.split(",")]
+        except ValueError:
+            raise UserError(f"--seed-list {args.seed_list}: give integers, e.g. 0,3,7") from None
+    if args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds}: give at least 1")
+    return list(range(args.seeds))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

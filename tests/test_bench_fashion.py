@@ -1,0 +1,68 @@
+"""The Fashion-MNIST FID-vs-time harness (`make bench-fashion`), run on digits for speed."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import TINY_DIGITS
+from gan_runner.bench import fashion
+from gan_runner.bench.quality import machine
+from gan_runner.errors import UserError
+
+CLASSIFIER = [
+    "metrics=[classifier]",
+    "metrics.classifier.metrics=[fid]",
+    "metrics.classifier.extractor.steps=50",
+    "metrics.classifier.n_fake=100",
+    "metrics.classifier.show_progress=false",
+    "train.g_steps=100000",
+]
+
+
+def test_fid_is_scored_on_a_training_clock_that_stops_at_the_budget(make_cfg, tmp_path) -> None:
+    cfg = make_cfg(*TINY_DIGITS, *CLASSIFIER)
+    result = fashion.train_timed(cfg, every_s=0.5, budget_s=1.5)
+    rows, fid = result["rows"], "fid_classifier_100_train"
+    assert result["names"] == [fid]
+    # The untrained generator first, then every 0.5 s of training until 1.5 s have passed.
+    assert rows[0]["g_steps"] == 0 and rows[0]["train_minutes"] == 0
+    assert len(rows) == 4, rows
+    assert all(a["g_steps"] < b["g_steps"] for a, b in zip(rows, rows[1:]))
+    assert rows[-1]["train_minutes"] * 60 >= 1.5 > rows[-2]["train_minutes"] * 60
+    assert all(row[fid] > 0 for row in rows)
+
+    report = {"overrides": ["data=digits"], "machine": machine(), "machine_end": machine()}
+    report.update(result)
+    table = fashion.markdown(report)
+    assert (
+        f"| {rows[-1]['g_steps']} | {rows[-1]['train_minutes']:.1f} | {rows[-1][fid]:.2f} |"
+        in table
+    )
+    fashion.plot(report, tmp_path / "fid.png")
+    assert (tmp_path / "fid.png").stat().st_size > 1000
+
+
+def test_dataset_present_installs_nothing(tmp_path, monkeypatch) -> None:
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    monkeypatch.setattr(fashion.subprocess, "run", pytest.fail)
+    fashion.ensure_dataset(tmp_path)
+
+
+def test_missing_dataset_without_apt_get_is_one_line(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(fashion.shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match="dataset-fashion-mnist"):
+        fashion.ensure_dataset(tmp_path)
+
+
+def test_failed_install_says_how_to_fix_it(tmp_path, monkeypatch) -> None:
+    calls = []
+
+    class Failed:
+        returncode = 100
+
+    monkeypatch.setattr(fashion.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(fashion.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or Failed)
+    with pytest.raises(UserError, match="install dataset-fashion-mnist yourself"):
+        fashion.ensure_dataset(tmp_path)
+    # install, then one apt-get update, then install again
+    assert [cmd[-1] for cmd in calls] == ["dataset-fashion-mnist", "-q", "dataset-fashion-mnist"]
