@@ -10,7 +10,7 @@ ARGS ?=
 .PHONY: help install run test test-all lint format bench list clean
 
 help: ## list the make targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml requirements-pinned.txt
 	test -x $(PY) || python3 -m venv $(VENV)
