@@ -12,7 +12,6 @@ import torch
 
 sys.path.insert(0, "tests")
 from conftest import compose_config  # noqa: E402
-
 from gan_runner.module import GANModule  # noqa: E402
 from gan_runner.regularizers import GradientPenalty  # noqa: E402
 from gan_runner.train import assemble, build_trainer  # noqa: E402
@@ -48,7 +47,8 @@ def run(name, overrides, clip=None, g_steps=G_STEPS):
         if len(rec["penalty_rel_err"]) < 20:
             gen = torch.Generator(device=inputs.real.device).set_state(state)
             exp = ref_gp(replace(inputs, noise=gen), self.weight, self.target)
-            rec["penalty_rel_err"].append(abs(float(term) - float(exp)) / max(abs(float(exp)), 1e-12))
+            error = abs(float(term) - float(exp)) / max(abs(float(exp)), 1e-12)
+            rec["penalty_rel_err"].append(error)
         return term
 
     def hook(self, opt):
@@ -73,8 +73,16 @@ def run(name, overrides, clip=None, g_steps=G_STEPS):
     GANModule._log_step = log_step
     try:
         cfg = compose_config(
-            [*ACCEL, "trainer.enable_progress_bar=false", "logger=none", "callbacks=none",
-             "metrics=[]", f"train.g_steps={g_steps}", "train.log_every=10", *overrides],
+            [
+                *ACCEL,
+                "trainer.enable_progress_bar=false",
+                "logger=none",
+                "callbacks=none",
+                "metrics=[]",
+                f"train.g_steps={g_steps}",
+                "train.log_every=10",
+                *overrides,
+            ],
             OUT / name,
         )
         run_ = assemble(cfg)
@@ -105,7 +113,7 @@ def run(name, overrides, clip=None, g_steps=G_STEPS):
         "critic_forward_dtypes": sorted(map(str, crit_dtypes)),
         "penalty_dtypes": sorted(rec["penalty_dtypes"]),
         "penalty_max_rel_err_vs_fp32": max(rec["penalty_rel_err"], default=None),
-        "losses_all_finite": all(math.isfinite(v) for l in rec["logs"] for v in l.values()),
+        "losses_all_finite": all(math.isfinite(v) for logs in rec["logs"] for v in logs.values()),
         "last_logs": rec["logs"][-1] if rec["logs"] else None,
         "d_steps_nonfinite_grad": len(rec["clip"]) - len(finite),
     }
@@ -116,11 +124,14 @@ def run(name, overrides, clip=None, g_steps=G_STEPS):
             clip_binding_fraction=round(len(binding) / max(len(finite), 1), 3),
             max_post_clip_norm=max((c[1] for c in finite), default=None),
             min_post_clip_norm_when_binding=min((c[1] for c in binding), default=None),
-            median_pre_clip_norm=sorted(c[0] for c in finite)[len(finite) // 2] if finite else None,
+            median_pre_clip_norm=(
+                sorted(c[0] for c in finite)[len(finite) // 2] if finite else None
+            ),
         )
     if rec["scale"]:
-        res.update(scale_init=rec["scale"][0], scale_min=min(rec["scale"]),
-                   scale_final=rec["scale"][-1])
+        res.update(
+            scale_init=rec["scale"][0], scale_min=min(rec["scale"]), scale_final=rec["scale"][-1]
+        )
     if "sn" in name:
         res["sn_sigmas"] = sn_sigmas(m.discriminator)
     print(json.dumps(res, default=str), flush=True)
@@ -144,9 +155,12 @@ def sn_sigmas(critic):
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    info = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
-            "torch": torch.__version__}
+    info = {
+        "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
     import lightning
+
     info["lightning"] = lightning.__version__
     print(json.dumps(info), flush=True)
     wgan = ["model=wgan_gp", "data=digits", "arch=dcgan", "grad_clip.discriminator=1.0"]
@@ -155,7 +169,12 @@ if __name__ == "__main__":
         results.append(run(f"wgan_gp_{prec}", [*wgan, f"trainer.precision={prec}"], clip=1.0))
     sn_steps = max(G_STEPS // 3, 2)
     for prec in ("16-mixed", "bf16-mixed"):
-        results.append(run(f"sngan_sn_{prec}", ["model=sngan", "data=digits",
-                                                f"trainer.precision={prec}"], g_steps=sn_steps))
+        results.append(
+            run(
+                f"sngan_sn_{prec}",
+                ["model=sngan", "data=digits", f"trainer.precision={prec}"],
+                g_steps=sn_steps,
+            )
+        )
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "gpu_check.json").write_text(json.dumps(results, indent=1, default=str))
