@@ -21,7 +21,8 @@ class Diverged(UserError):
 
 
 class DivergenceGuard(pl.Callback):
-    """Watches every step's losses (on the device, no host sync) and the weights every `every`.
+    """Watches every step's losses (on the device, no host sync) and checks them with the
+    weights every `every` generator steps.
 
     `action=stop` ends the run with a line naming the loss and the generator steps; the last
     checkpoint stays as it was (GStepCheckpoint never writes non-finite weights).
@@ -48,39 +49,41 @@ class DivergenceGuard(pl.Callback):
         self.dirpath, self.action, self.every = Path(dirpath), action, every
         self.lr_factor, self.max_rollbacks = lr_factor, max_rollbacks
         self.rollbacks = 0
-        self._finite: dict[str, Tensor] = {}  # per loss: all finite since the last check
+        self._finite: Tensor | None = None  # every loss finite since the last check
         self._window_start = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        for name, value in getattr(pl_module, "step_losses", {}).items():
-            finite = torch.isfinite(value).all()
-            held = self._finite.get(name)
-            self._finite[name] = finite if held is None else held & finite
+        losses = getattr(pl_module, "step_losses", {})
+        if losses:  # three small device ops per batch, no host sync
+            finite = torch.isfinite(torch.stack([v.float() for v in losses.values()])).all()
+            self._finite = finite if self._finite is None else self._finite & finite
         g_steps = pl_module.counters.g_steps
         if not pl_module.step_was_generator or g_steps % self.every:
             return
-        bad = self._non_finite(pl_module)
+        bad = self._non_finite(pl_module, losses)
         if trainer.world_size > 1:
             bad_anywhere = trainer.strategy.reduce_boolean_decision(bool(bad), all=False)
             bad = bad or ("a loss or weight on another rank" if bad_anywhere else "")
         window = (self._window_start, g_steps)
-        self._finite.clear()
+        self._finite = None
         self._window_start = g_steps
         if bad:
             self._diverged(trainer, pl_module, bad, window)
 
-    def _non_finite(self, pl_module: pl.LightningModule) -> str:
-        """The first non-finite loss or weight since the last check, or '' (one host sync)."""
-        names = list(self._finite)
+    def _non_finite(self, pl_module: pl.LightningModule, losses: dict[str, Tensor]) -> str:
+        """What went non-finite since the last check, or '' (one host sync)."""
         params = [p for p in pl_module.parameters() if p.requires_grad]
-        flags = [self._finite[n] for n in names] + [
-            torch.stack([torch.isfinite(p).all() for p in params]).all()
-        ]
-        finite = torch.stack(flags).cpu().tolist()
-        for name, ok in zip([*(f"train/{n}" for n in names), "the weights"], finite):
-            if not ok:
-                return name
-        return ""
+        weights = torch.stack([torch.isfinite(p).all() for p in params]).all()
+        seen = self._finite if self._finite is not None else weights
+        now = [torch.isfinite(v).all() for v in losses.values()]
+        flags = torch.stack([seen, weights, *now]).cpu().tolist()
+        if all(flags):
+            return ""
+        # Name the first loss still non-finite now; one that recovered is just "a loss".
+        named = [f"train/{n}" for n, ok in zip(losses, flags[2:]) if not ok]
+        if named:
+            return named[0]
+        return "a loss" if not flags[0] else "the weights"
 
     def _diverged(self, trainer, pl_module, what: str, window: tuple[int, int]) -> None:
         where = f"{what} became non-finite between g_steps={window[0]} and {window[1]}"
