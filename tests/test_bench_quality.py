@@ -67,6 +67,23 @@ def test_harness_trains_seeds_and_writes_its_report(tmp_path) -> None:
     assert "PacGAN4 (published)" in table and "load average" in table
 
 
+def test_seeds_trained_in_parallel_processes_match_serial_ones(tmp_path) -> None:
+    # --jobs 2: spawned workers on one thread each must train exactly what the serial loop does.
+    def scores(report):
+        return [
+            (r["data"], r["seed"], r["modes"], r["hq_percent"], r["rkl"]) for r in report["rows"]
+        ]
+
+    serial = run(["ring8", "grid25"], [5], TINY, tmp_path / "serial")
+    parallel = run(["ring8", "grid25"], [5], TINY, tmp_path / "parallel", jobs=2, threads=1)
+    assert scores(parallel) == scores(serial)
+    assert parallel["jobs"] == 2 and parallel["threads_per_seed"] == 1
+    assert (
+        "2 seed(s) at a time, each on 1 thread(s)"
+        in (tmp_path / "parallel" / "quality.md").read_text()
+    )
+
+
 def test_harness_scores_like_gan_runs_final_evaluation(make_cfg, tmp_path) -> None:
     # The same seed and overrides through train(): its last val/ numbers are the harness's row.
     (seeded,) = run(["ring8"], [3], TINY, tmp_path / "bench")["rows"]
@@ -81,6 +98,7 @@ def test_harness_scores_like_gan_runs_final_evaluation(make_cfg, tmp_path) -> No
     [
         (["--data", "mnist"], "--data mnist: choose from ring8, grid25"),
         (["--seeds", "0"], "--seeds 0: give at least 1"),
+        (["--jobs", "0"], "--jobs 0: give at least 1"),
         (["--seed-list", "1,x"], "--seed-list 1,x: give integers"),
         (["--seeds", "1", "train.g_stepz=3"], "train.g_stepz"),
     ],

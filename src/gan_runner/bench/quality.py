@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,15 @@ def train_seed(data: str, seed: int, overrides: list[str], workdir: Path) -> See
     )
 
 
+def _reported(row: SeedRow) -> SeedRow:
+    print(
+        f"{row.data} seed {row.seed}: {row.modes}/{row.n_modes} modes, HQ "
+        f"{row.hq_percent:.1f}%, rKL {row.rkl:.3f}, {row.seconds:.0f} s",
+        flush=True,
+    )
+    return row
+
+
 def mean_se(values: list[float]) -> tuple[float, float | None]:
     """Mean and standard error (sample std / sqrt(n)); no standard error for a single value."""
     mean = statistics.fmean(values)
@@ -186,8 +197,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"Targets: every mode in every seed, HQ ≥ {TARGET_HQ_PERCENT:g}%, rKL ≤ {TARGET_RKL:g}, "
         f"under {TARGET_SECONDS:g} s per seed (BENCHMARKS.md). Overrides: "
         f"{' '.join(report['overrides']) or '(none: the default recipe)'}.",
-        f"Machine: {start['platform']}, {start['cpu_count']} CPUs, torch {start['torch']} on "
-        f"{start['torch_threads']} thread(s); load average (1 min) {start['load_average_1m']} "
+        f"Machine: {start['platform']}, {start['cpu_count']} CPUs, torch {start['torch']}; "
+        f"{report['jobs']} seed(s) at a time, each on {report['threads_per_seed']} thread(s); "
+        f"load average (1 min) {start['load_average_1m']} "
         f"at the start, {end['load_average_1m']} at the end.",
     ]
     for data, entry in report["summary"].items():
@@ -198,24 +210,44 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(data_sets: list[str], seeds: list[int], overrides: list[str], out: Path) -> dict[str, Any]:
-    """Train every (data set, seed), write quality.json and quality.md under out, return both."""
+def run(
+    data_sets: list[str],
+    seeds: list[int],
+    overrides: list[str],
+    out: Path,
+    jobs: int = 1,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train every (data set, seed), write quality.json and quality.md under out, return both.
+
+    With jobs > 1, seeds train in that many spawned processes at once, each on `threads` torch
+    threads (default: the CPUs shared out), so each seed's time is measured on its share only.
+    """
     start = machine()
-    rows = []
+    tasks = [(data, seed) for data in data_sets for seed in seeds]
+    share = (
+        torch.get_num_threads() if jobs <= 1 else threads or max(1, (os.cpu_count() or 1) // jobs)
+    )
     with tempfile.TemporaryDirectory(prefix="gan_bench_quality_") as workdir:
-        for data in data_sets:
-            for seed in seeds:
-                row = train_seed(data, seed, overrides, Path(workdir))
-                print(
-                    f"{data} seed {seed}: {row.modes}/{row.n_modes} modes, HQ "
-                    f"{row.hq_percent:.1f}%, rKL {row.rkl:.3f}, {row.seconds:.0f} s",
-                    flush=True,
-                )
-                rows.append(row)
+        if jobs <= 1:
+            results = (train_seed(data, seed, overrides, Path(workdir)) for data, seed in tasks)
+            rows = [_reported(row) for row in results]
+        else:
+            context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+            with ProcessPoolExecutor(
+                jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(share,)
+            ) as pool:
+                futures = [
+                    pool.submit(train_seed, data, seed, overrides, Path(workdir))
+                    for data, seed in tasks
+                ]
+                rows = [_reported(future.result()) for future in futures]
     report = {
         "protocol": "PacGAN Table 1 (Lin et al. 2018): 2,500 samples, HQ within 3 std",
         "targets": {"hq_percent": TARGET_HQ_PERCENT, "rkl": TARGET_RKL, "seconds": TARGET_SECONDS},
         "overrides": overrides,
+        "jobs": jobs,
+        "threads_per_seed": share,
         "machine_start": start,
         "machine_end": machine(),
         "rows": [asdict(row) for row in rows],
@@ -239,6 +271,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="seeds trained at once (each on CPUs / jobs threads)"
+    )
     parser.add_argument("overrides", nargs="*", help="gan-run overrides, e.g. train.g_steps=100")
     return parser.parse_args(argv)
 
@@ -251,9 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         if unknown or not data_sets:
             raise UserError(f"--data {args.data}: choose from {', '.join(DATA_SETS)}")
         seeds = _seeds(args)
+        if args.jobs < 1:
+            raise UserError(f"--jobs {args.jobs}: give at least 1")
         if args.threads:
             torch.set_num_threads(args.threads)
-        report = run(data_sets, seeds, args.overrides, Path(args.out))
+        report = run(data_sets, seeds, args.overrides, Path(args.out), args.jobs, args.threads)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
