@@ -77,6 +77,7 @@ def test_every_objective_with_every_regularizer_takes_a_step(make_cfg, objective
         "arch.generator.hidden=[16]",
         "arch.discriminator.hidden=[16]",
         "data.source.n_samples=512",
+        "data.batch_size=64",
         "callbacks=none",
         "n_critic=2",
         "train.g_steps=1",

@@ -296,7 +296,7 @@ def test_trainings_are_tagged_with_their_recipe_as_train_jobs(two_wandb_training
     _, made, *_ = two_wandb_trainings
     run = made[0].experiment
     assert run.job_type == "train"
-    assert list(run.tags) == ["data=ring8", "objective=non_saturating", "arch=mlp"]
+    assert list(run.tags) == ["data=ring8", "objective=non_saturating", "arch=mlp_2d"]
 
 
 # --- recipe tags and the best metric ---------------------------------------------------------

@@ -21,6 +21,7 @@ from gan_runner.metrics.mixture_eval import MixtureEvaluation
 from gan_runner.train import build_module, train
 
 SMALL = (
+    "schedule=constant",  # a constant LR, so resuming for more G steps keeps the same config
     "arch.generator.hidden=[32,32]",
     "arch.discriminator.hidden=[32,32]",
     "data.source.n_samples=4096",

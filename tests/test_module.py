@@ -19,6 +19,9 @@ from gan_runner.train import build_module, train
 
 BATCH, Z_DIM = 64, 8
 SMALL = (
+    # The base config's optimizer and schedule (ring8 brings the 2D recipe's adam_2d and a decay).
+    "optimizer=adam",
+    "schedule=constant",
     "train.log_every=1",
     "arch.generator.hidden=[32,32]",
     "arch.discriminator.hidden=[32,32]",

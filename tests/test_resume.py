@@ -22,6 +22,7 @@ from gan_runner.train import train
 EXACT = (
     *QUICK,
     "n_critic=2",
+    "optimizer=adam",  # lr 2e-4 for both players, which the refusal and rollback tests name
     "schedule=linear_decay",
     "data.source.n_samples=1000",
     "data.batch_size=64",
