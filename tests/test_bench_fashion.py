@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from conftest import TINY_DIGITS
@@ -19,8 +21,16 @@ CLASSIFIER = [
 ]
 
 
-def test_fid_is_scored_on_a_training_clock_that_stops_at_the_budget(make_cfg, tmp_path) -> None:
-    cfg = make_cfg(*TINY_DIGITS, *CLASSIFIER)
+def test_fid_is_scored_on_a_training_clock_that_stops_at_the_budget(tmp_path, monkeypatch) -> None:
+    # As main() composes it; each evaluation takes 1 s more, which must stay off the clock.
+    cfg = fashion.compose_run("digits", 0, [*TINY_DIGITS[1:], *CLASSIFIER], tmp_path)
+    score = fashion.TimedEvaluation._score
+
+    def slow_score(self, trainer, pl_module):
+        score(self, trainer, pl_module)
+        time.sleep(1.0)
+
+    monkeypatch.setattr(fashion.TimedEvaluation, "_score", slow_score)
     result = fashion.train_timed(cfg, every_s=0.5, budget_s=1.5)
     rows, fid = result["rows"], "fid_classifier_100_train"
     assert result["names"] == [fid]
@@ -29,6 +39,8 @@ def test_fid_is_scored_on_a_training_clock_that_stops_at_the_budget(make_cfg, tm
     assert len(rows) == 4, rows
     assert all(a["g_steps"] < b["g_steps"] for a, b in zip(rows, rows[1:]))
     assert rows[-1]["train_minutes"] * 60 >= 1.5 > rows[-2]["train_minutes"] * 60
+    seconds = [row["train_minutes"] * 60 for row in rows]
+    assert all(b - a < 0.9 for a, b in zip(seconds, seconds[1:])), seconds  # no eval in a gap
     assert all(row[fid] > 0 for row in rows)
 
     report = {"overrides": ["data=digits"], "machine": machine(), "machine_end": machine()}

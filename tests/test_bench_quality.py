@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -77,6 +78,8 @@ def test_seeds_trained_in_parallel_processes_match_serial_ones(tmp_path) -> None
     serial = run(["ring8", "grid25"], [5], TINY, tmp_path / "serial")
     parallel = run(["ring8", "grid25"], [5], TINY, tmp_path / "parallel", jobs=2, threads=1)
     assert scores(parallel) == scores(serial)
+    assert {r["worker_pid"] for r in serial["rows"]} == {os.getpid()}
+    assert os.getpid() not in {r["worker_pid"] for r in parallel["rows"]}  # spawned workers
     assert parallel["jobs"] == 2 and parallel["threads_per_seed"] == 1
     assert (
         "2 seed(s) at a time, each on 1 thread(s)"

@@ -24,7 +24,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.seed import isolate_rng
 from omegaconf import DictConfig
 
@@ -116,7 +115,7 @@ def train_timed(cfg: DictConfig, every_s: float, budget_s: float) -> dict[str, A
     evaluation = instantiate(cfg.metrics.classifier, show_progress=False)
     run = assemble(cfg)
     clock = TimedEvaluation(evaluation, every_s, budget_s, int(cfg.seed))
-    callbacks = [c for c in run.callbacks if not isinstance(c, ProgressBar)] + [clock]
+    callbacks = [*run.callbacks, clock]  # compose_run's trainer.enable_progress_bar=false
     build_trainer(cfg, callbacks, []).fit(run.module, datamodule=run.datamodule)
     result: dict[str, Any] = {"rows": clock.rows, "names": evaluation.names()}
     result["provenance"] = evaluation.provenance()

@@ -67,7 +67,6 @@ class PlainLoop:
         self.batches = index_batches(data, batch_size, module.seed)
         self.set_to_none, self.device, self.autocast = set_to_none, device, autocast
         self.d_steps = self.g_steps = self.since_g = 0
-        self.logged: list[dict[str, float]] = []
 
     def latent(self, n: int) -> tuple[Tensor, Tensor | None]:
         z = self.m.latent.sample(n, self.m.z_dim, self.noise)
@@ -94,7 +93,7 @@ class PlainLoop:
         if due:
             logs.update(self.g_step(real, labels, log))
         if log:
-            self.logged.append({k: float(v) for k, v in logs.items()})  # one host sync
+            torch.stack([v.float() for v in logs.values()]).tolist()  # gan-run's one host sync
 
     def d_step(self, real: Tensor, labels: Tensor | None, log: bool) -> dict[str, Tensor]:
         z, fake_labels = self.latent(real.shape[0])
@@ -143,8 +142,3 @@ class PlainLoop:
             grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
             logs[f"grad_norm/{name}"] = torch.nn.utils.get_total_norm(grads)
         opt.step()
-
-    def run(self, g_steps: int) -> None:
-        """Train until `g_steps` generator steps are done."""
-        while self.g_steps < g_steps:
-            self.step()

@@ -21,20 +21,14 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
-from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, open_dict
-from omegaconf.errors import OmegaConfBaseException
 
-from gan_runner.cli import describe_error
+from gan_runner.bench import timing
 from gan_runner.errors import UserError
 from gan_runner.metrics.mixture_eval import MixtureEvaluation
 from gan_runner.train import assemble, build_trainer
@@ -59,27 +53,13 @@ class SeedRow:
     rkl: float
     seconds: float
     g_steps: int
+    worker_pid: int = field(default=0, compare=False)  # the process that trained it (--jobs)
 
 
 def compose_run(data: str, seed: int, overrides: list[str], output_dir: Path) -> DictConfig:
     """gan-run's config for `data=<data> seed=<seed> <overrides>`, writing into output_dir."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(config_module="gan_runner.conf", version_base="1.3"):
-            cfg = compose(
-                "train",
-                overrides=[*QUIET, f"data={data}", f"seed={seed}", *overrides],
-                return_hydra_config=True,
-            )
-    except (HydraException, OmegaConfBaseException) as error:
-        raise UserError(describe_error(error)) from None
-    finally:
-        GlobalHydra.instance().clear()
-    HydraConfig.instance().set_config(cfg)
+    cfg = timing.compose_run([*QUIET, f"data={data}", f"seed={seed}", *overrides], output_dir)
     with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.root_dir = os.getcwd()
-        del cfg["hydra"]
         for name in cfg.callbacks:  # the EMA generator is what is scored; nothing else runs
             if name != "ema":
                 cfg.callbacks[name] = None
@@ -91,8 +71,7 @@ def train_seed(data: str, seed: int, overrides: list[str], workdir: Path) -> See
     cfg = compose_run(data, seed, overrides, workdir / f"{data}_seed{seed}")
     started = time.perf_counter()
     run = assemble(cfg)
-    callbacks = [c for c in run.callbacks if not isinstance(c, ProgressBar)]
-    trainer = build_trainer(cfg, callbacks, [])
+    trainer = build_trainer(cfg, run.callbacks, [])  # QUIET: assemble left out the bar
     trainer.fit(run.module, datamodule=run.datamodule)
     seconds = time.perf_counter() - started
     # The metrics callback's first evaluation draws its noise from a generator seeded `seed`.
@@ -109,6 +88,7 @@ def train_seed(data: str, seed: int, overrides: list[str], workdir: Path) -> See
         rkl=float(rkl),
         seconds=round(seconds, 2),
         g_steps=int(run.module.counters.g_steps),
+        worker_pid=os.getpid(),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -17,6 +18,7 @@ import torch
 from gan_runner.bench import report, throughput
 from gan_runner.bench.speed import CASES, Plan, ablation_row, ablations_for, speed_case
 from gan_runner.bench.timing import interleave, paired_ratio
+from gan_runner.checkpoints import resolve_device
 from gan_runner.errors import UserError
 
 PARTS = ("cases", "ablations", "data", "metrics")
@@ -43,14 +45,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but torch sees no CUDA GPU; use --device cpu")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
-
-
 def _quiet() -> None:
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -67,7 +61,7 @@ def run(args: argparse.Namespace, workdir: Path, save: Callable[[dict], None]) -
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if parts - set(PARTS):
         raise UserError(f"--parts {args.parts}: choose from {', '.join(PARTS)}")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     plan = Plan(
         device,
         workdir,
@@ -131,19 +125,13 @@ def metric_row(device: torch.device, quick: bool, workdir: Path) -> dict[str, An
         "n_images": n,
         "batch_size": batch,
         "resolution": 32,
-        "ours": {"images_per_s": _median(rates["ours"]), "runs": rates["ours"]},
+        "ours": {"images_per_s": statistics.median(rates["ours"]), "runs": rates["ours"]},
         "torch_fidelity": {
-            "images_per_s": _median(rates["torch_fidelity"]),
+            "images_per_s": statistics.median(rates["torch_fidelity"]),
             "runs": rates["torch_fidelity"],
         },
         "ratio": paired_ratio(rounds["ours"][1:], rounds["torch_fidelity"][1:]),
     }
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,10 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from unittest import mock
 
 import lightning.pytorch as pl
 import torch
@@ -24,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from gan_runner.bench.plain import PlainLoop
+from gan_runner.cli import describe_error
 from gan_runner.data.module import TensorData
 from gan_runner.errors import UserError
-from gan_runner.speed import SpeedSettings, apply_speed_options
 from gan_runner.train import assemble, build_trainer
 
 T = TypeVar("T")
@@ -39,14 +40,14 @@ def compose_run(overrides: Sequence[str], output_dir: Path) -> DictConfig:
         with initialize_config_module(config_module="gan_runner.conf", version_base="1.3"):
             cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as error:
-        detail = (str(error).strip().splitlines() or [""])[0]
-        raise UserError(f"bench: the overrides do not compose: {detail}") from None
+        raise UserError(f"bench: the overrides do not compose: {describe_error(error)}") from None
+    finally:
+        GlobalHydra.instance().clear()
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
         cfg.paths.root_dir = os.getcwd()
         del cfg["hydra"]
-    GlobalHydra.instance().clear()
     return cfg
 
 
@@ -114,11 +115,14 @@ class _MarkSteps(pl.Callback):
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to train a case: gan-run or the plain loop, with extra overrides and settings."""
+    """One way to train a case: gan-run or the plain loop, with extra overrides and settings.
+
+    Fast paths are overrides (`speed.channels_last=true`): assemble() applies the config's
+    `speed` block to the players both sides train.
+    """
 
     side: str  # "gan_run" or "plain"
     overrides: tuple[str, ...] = ()
-    speed: SpeedSettings = field(default_factory=SpeedSettings)
     set_to_none: bool = True  # the plain loop's zero_grad; gan-run always sets to None
     env: tuple[tuple[str, str], ...] = ()  # environment variables set for the run only
 
@@ -126,7 +130,6 @@ class Variant:
         return {
             "side": self.side,
             "overrides": list(self.overrides),
-            "speed": vars(self.speed),
             "set_to_none": self.set_to_none,
             "env": dict(self.env),
         }
@@ -148,23 +151,14 @@ def train_variant(
         cfg.train.g_steps = (warmup + measure) // int(cfg.n_critic) + 2
     gc.collect()
     run = assemble(cfg)
-    apply_speed_options(run.module, variant.speed)
     marks = Marks(warmup, warmup + measure, device)
     batch_size = int(cfg.data.batch_size)
-    saved = {key: os.environ.get(key) for key, _ in variant.env}
-    os.environ.update(dict(variant.env))
-    try:
+    with mock.patch.dict(os.environ, dict(variant.env)):  # restored after the run
         if variant.side == "plain":
             _run_plain(run, variant, batch_size, marks, device)
         else:
             trainer = build_trainer(cfg, [*run.callbacks, _MarkSteps(marks)], run.loggers)
             trainer.fit(run.module, datamodule=run.datamodule)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return marks.window(batch_size), run.module
 
 
@@ -248,7 +242,3 @@ def _child_peak_rss(variant: Variant, cfg: dict, batches: int, threads: int) -> 
 
 def _max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def with_speed(variant: Variant, **changes: bool) -> Variant:
-    return replace(variant, speed=replace(variant.speed, **changes))
