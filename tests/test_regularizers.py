@@ -74,6 +74,39 @@ def test_gp_target_is_the_norm_it_pulls_towards():
     assert penalty.item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_zero_centred_gp_is_the_mean_squared_gradient_norm_at_interpolates():
+    # 0-GP (Thanh-Tung et al. 2019; conf/regularizer/zero_gp.yaml): λ E‖∇D(x̂)‖², no "-1".
+    real, fake = _images(n=5, seed=2)
+    penalty = GradientPenalty(weight=0.1, target=0.0).discriminator_penalty(
+        _inputs(_half_sq_norm, real, fake, seed=3)
+    )
+    eps = torch.rand(5, generator=torch.Generator().manual_seed(3)).double().view(5, 1, 1, 1)
+    x_hat = eps * real.double() + (1 - eps) * fake.double()  # ∇ of ½‖x‖² at x̂ is x̂
+    expected = 0.1 * x_hat.flatten(1).pow(2).sum(1).mean()
+    torch.testing.assert_close(penalty.double(), expected, rtol=1e-5, atol=1e-6)
+    one_centred = 0.1 * ((x_hat.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    assert abs(one_centred - expected) > 1e-2  # a penalty still centred on 1 would differ
+
+
+def test_gp_lazy_every_skips_then_scales_by_every():
+    real, fake = _images(n=4, seed=4)
+    base = GradientPenalty(weight=2.0, target=0.0).discriminator_penalty(
+        _inputs(_half_sq_norm, real, fake, seed=5)
+    )
+    lazy = GradientPenalty(weight=2.0, target=0.0, every=3)
+    for d_steps in range(7):
+        inputs = _inputs(_half_sq_norm, real, fake, seed=5, d_steps=d_steps)
+        value = lazy.discriminator_penalty(inputs)
+        if d_steps % 3:
+            assert value is None, d_steps
+            # A skipped step draws no interpolation noise: the run's stream is untouched.
+            assert torch.rand(1, generator=inputs.noise).item() == (
+                torch.rand(1, generator=torch.Generator().manual_seed(5)).item()
+            )
+        else:
+            torch.testing.assert_close(value, 3 * base)
+
+
 def test_gp_norm_is_over_the_flattened_sample():
     critic = Linear4d()
     real, fake = _images()
@@ -327,6 +360,7 @@ def test_conf_regularizer_runs_through_every_hook(name):
         lambda: GradientPenalty(weight=-1.0),
         lambda: R1(gamma=-1.0),
         lambda: R1(every=0),
+        lambda: GradientPenalty(every=0),
         lambda: WeightClip(clip_value=0.0),
         lambda: SpectralNorm(n_power_iterations=0),
     ],

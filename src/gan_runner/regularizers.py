@@ -56,23 +56,30 @@ def _input_gradient_sq_norm(critic: Critic, x: Tensor, labels: Tensor | None) ->
 
 
 class GradientPenalty(Regularizer):
-    """The two-sided gradient penalty of Gulrajani et al. 2017 (WGAN-GP)."""
+    """The two-sided gradient penalty of Gulrajani et al. 2017 (WGAN-GP); target 0 gives the
+    zero-centred 0-GP of Thanh-Tung et al. 2019."""
 
     per_sample_gradient = True
 
-    def __init__(self, weight: float = 10.0, target: float = 1.0) -> None:
+    def __init__(self, weight: float = 10.0, target: float = 1.0, every: int = 1) -> None:
         if weight < 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
-        self.weight, self.target = weight, target
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.weight, self.target, self.every = weight, target, every
 
-    def discriminator_penalty(self, inputs: PenaltyInputs) -> Tensor:
+    def discriminator_penalty(self, inputs: PenaltyInputs) -> Tensor | None:
+        if inputs.d_steps % self.every:
+            return None
         real, fake = inputs.real.detach(), inputs.fake.detach()
         shape = (real.shape[0],) + (1,) * (real.dim() - 1)  # one epsilon per sample, not per pixel
         eps = torch.rand(shape, device=real.device, generator=inputs.noise)
         mixed = eps * real.float() + (1 - eps) * fake.float()
         # Interpolates carry the real labels: conditional critics see (x_hat, y) pairs.
         sq_norm = _input_gradient_sq_norm(inputs.critic, mixed, inputs.real_labels)
-        return self.weight * ((sq_norm + 1e-12).sqrt() - self.target).pow(2).mean()  # λ E(‖∇‖-1)²
+        # Lazy like R1 below: every k-th step, scaled by k to keep its average strength.
+        gap = (sq_norm + 1e-12).sqrt() - self.target
+        return self.every * self.weight * gap.pow(2).mean()  # λ E(‖∇‖-target)²
 
 
 class R1(Regularizer):
