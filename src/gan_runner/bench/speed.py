@@ -64,6 +64,7 @@ CASES = {
                 "z_dim=64",
                 "optimizer=adam",
                 "schedule=constant",
+                "regularizer=[]",
             ),
         ),
         Case(
