@@ -55,51 +55,60 @@ def _input_gradient_sq_norm(critic: Critic, x: Tensor, labels: Tensor | None) ->
     return grad.flatten(1).pow(2).sum(dim=1)  # flatten BEFORE the norm: one norm per sample
 
 
-class GradientPenalty(Regularizer):
-    """The two-sided gradient penalty of Gulrajani et al. 2017 (WGAN-GP); target 0 gives the
-    zero-centred 0-GP of Thanh-Tung et al. 2019."""
+class LazyPenalty(Regularizer):
+    """A per-sample input-gradient penalty, optionally lazy: computed on every k-th discriminator
+    step and scaled by k to keep its average strength (Karras et al. 2020, StyleGAN2 App. B)."""
 
     per_sample_gradient = True
 
-    def __init__(self, weight: float = 10.0, target: float = 1.0, every: int = 1) -> None:
-        if weight < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
+    def __init__(self, every: int = 1) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
-        self.weight, self.target, self.every = weight, target, every
+        self.every = every
 
     def discriminator_penalty(self, inputs: PenaltyInputs) -> Tensor | None:
         if inputs.d_steps % self.every:
             return None
+        return self.every * self.penalty(inputs)
+
+    def penalty(self, inputs: PenaltyInputs) -> Tensor:
+        """The penalty's value on this step, before the laziness scaling."""
+        raise NotImplementedError
+
+
+class GradientPenalty(LazyPenalty):
+    """The two-sided gradient penalty of Gulrajani et al. 2017 (WGAN-GP); target 0 gives the
+    zero-centred 0-GP of Thanh-Tung et al. 2019."""
+
+    def __init__(self, weight: float = 10.0, target: float = 1.0, every: int = 1) -> None:
+        if weight < 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        super().__init__(every)
+        self.weight, self.target = weight, target
+
+    def penalty(self, inputs: PenaltyInputs) -> Tensor:
         real, fake = inputs.real.detach(), inputs.fake.detach()
         shape = (real.shape[0],) + (1,) * (real.dim() - 1)  # one epsilon per sample, not per pixel
         eps = torch.rand(shape, device=real.device, generator=inputs.noise)
         mixed = eps * real.float() + (1 - eps) * fake.float()
         # Interpolates carry the real labels: conditional critics see (x_hat, y) pairs.
         sq_norm = _input_gradient_sq_norm(inputs.critic, mixed, inputs.real_labels)
-        # Lazy like R1 below: every k-th step, scaled by k to keep its average strength.
         gap = (sq_norm + 1e-12).sqrt() - self.target
-        return self.every * self.weight * gap.pow(2).mean()  # λ E(‖∇‖-target)²
+        return self.weight * gap.pow(2).mean()  # λ E(‖∇‖-target)²
 
 
-class R1(Regularizer):
+class R1(LazyPenalty):
     """The R1 penalty on real data of Mescheder et al. 2018, lazy as in Karras et al. 2020."""
-
-    per_sample_gradient = True
 
     def __init__(self, gamma: float = 10.0, every: int = 1) -> None:
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        self.gamma, self.every = gamma, every
+        super().__init__(every)
+        self.gamma = gamma
 
-    def discriminator_penalty(self, inputs: PenaltyInputs) -> Tensor | None:
-        if inputs.d_steps % self.every:
-            return None
+    def penalty(self, inputs: PenaltyInputs) -> Tensor:
         sq_norm = _input_gradient_sq_norm(inputs.critic, inputs.real, inputs.real_labels)
-        # Applied every k-th step, scaled by k to keep its average strength (StyleGAN2 App. B).
-        return self.every * self.gamma / 2 * sq_norm.mean()  # γ/2 E‖∇D(x)‖²
+        return self.gamma / 2 * sq_norm.mean()  # γ/2 E‖∇D(x)‖²
 
 
 class WeightClip(Regularizer):
