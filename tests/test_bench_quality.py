@@ -6,6 +6,7 @@ quality target, which `make bench-quality` measures.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -42,6 +43,20 @@ def test_summary_is_mean_and_standard_error_over_seeds() -> None:
     assert summarize(rows[:2])["ring8"]["passed"]
 
 
+def test_the_drs_row_is_summarized_apart_and_never_decides_the_verdict() -> None:
+    def with_drs(r: SeedRow, hq: float) -> SeedRow:
+        return dataclasses.replace(
+            r, drs_modes=8, drs_hq_percent=hq, drs_rkl=0.01, drs_acceptance=0.7
+        )
+
+    rows = [with_drs(row(0, 8, 90.0, 0.01, 100.0), 97.0), with_drs(row(1, 8, 92.0, 0.01, 90), 99)]
+    entry = summarize(rows)["ring8"]
+    assert entry["drs"]["hq_percent"] == {"mean": 98.0, "se": pytest.approx(1.0)}
+    assert all(entry["drs"]["checks"].values())
+    assert not entry["passed"]  # the generator's HQ (91%) decides, not the sampler's
+    assert "drs" not in summarize([row(0, 8, 90.0, 0.01, 100.0)])["ring8"]
+
+
 def test_single_seed_has_no_standard_error() -> None:
     entry = summarize([row(4, 8, 90.0, 0.5, 10.0)])["ring8"]
     assert entry["hq_percent"] == {"mean": 90.0, "se": None}
@@ -66,6 +81,9 @@ def test_harness_trains_seeds_and_writes_its_report(tmp_path) -> None:
     table = (tmp_path / "bench" / "quality.md").read_text()
     assert f"| ring8 | 2 | 15 | {entry['modes']['mean']:.2f} ± " in table
     assert "PacGAN4 (published)" in table and "load average" in table
+    # The same models through discriminator rejection sampling, as their own row.
+    assert all(0 < r["drs_acceptance"] <= 1 and r["drs_modes"] >= 0 for r in rows)
+    assert "| ring8 + DRS (γ at the 5th percentile, keeps " in table
 
 
 def test_seeds_trained_in_parallel_processes_match_serial_ones(tmp_path) -> None:

@@ -24,6 +24,11 @@ class Objective:
     def generator_loss(self, fake: Tensor, real: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
+    def log_density_ratio(self, scores: Tensor) -> Tensor | None:
+        """log p_data / p_g as the optimal critic of this game encodes it in its scores, or None
+        when its optimum does not determine the ratio (used by rejection sampling)."""
+        return None
+
 
 class _LogisticTarget:
     """One-sided label smoothing for the logistic games (Salimans et al. 2016, §3.4)."""
@@ -38,6 +43,11 @@ class _LogisticTarget:
         target = torch.full_like(real, self.real_label)
         real_term = F.binary_cross_entropy_with_logits(real, target)
         return real_term + F.softplus(fake).mean()
+
+    def log_density_ratio(self, scores: Tensor) -> Tensor | None:
+        # D* = sigmoid(score) = p_data / (p_data + p_g) (Goodfellow et al. 2014, Prop. 1), so the
+        # score is the log-ratio; label smoothing t < 1 caps D* at t, which the logit ignores.
+        return scores
 
 
 class Minimax(_LogisticTarget, Objective):
@@ -101,3 +111,12 @@ class LeastSquares(Objective):
 
     def generator_loss(self, fake: Tensor, real: Tensor | None = None) -> Tensor:
         return 0.5 * ((fake - self.target) ** 2).mean()  # 1/2 E[(D(G(z))-c)^2]
+
+    def log_density_ratio(self, scores: Tensor) -> Tensor | None:
+        # D* = (b p_data + a p_g) / (p_data + p_g) (Mao et al. 2017, Prop. 1), so
+        # p_data / p_g = (D - a) / (b - D); scores outside (a, b) are clamped just inside.
+        a, b = self.fake_label, self.real_label
+        low, high = min(a, b), max(a, b)
+        span = high - low
+        d = scores.double().clamp(low + 1e-6 * span, high - 1e-6 * span)
+        return ((d - a) / (b - d)).log().to(scores.dtype)

@@ -22,6 +22,7 @@ from gan_runner.errors import UserError
 from gan_runner.metrics.base import to_uint8
 from gan_runner.module import GANModule
 from gan_runner.plots import save_png, scatter_over_data
+from gan_runner.rejection import DiscriminatorRejection, log_ratio_of
 
 BLANK = 1.0  # white tiles pad the rows of the arithmetic sheet, like make_grid's padding
 
@@ -33,6 +34,7 @@ def sample(cfg: DictConfig) -> list[Path]:
     if cfg.mode not in MODES:
         raise UserError(f"mode={cfg.mode} is unknown; choose one of: {', '.join(MODES)}")
     _check_counts(cfg)
+    _check_rejection(cfg)
     trusted = list(cfg.trusted_targets)
     module, _ = rebuild(cfg.ckpt, cfg.use_ema, cfg.device, trusted_targets=trusted)
     if cfg.use_ema and getattr(module, "generator_ema", None) is None:
@@ -57,6 +59,19 @@ def _check_counts(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise UserError(f"{key}={value!r} is invalid: it must be a number >= 0")
+
+
+def _check_rejection(cfg: DictConfig) -> None:
+    method = cfg.rejection.method
+    if method is None:
+        return
+    if method != "drs":
+        raise UserError(f"rejection.method={method} is unknown; choose drs or null")
+    if cfg.mode not in REJECTION_MODES:
+        raise UserError(
+            f"rejection.method=drs filters independent samples (mode=grid or mode=folder); "
+            f"mode={cfg.mode} needs every latent it draws, so set rejection.method=null"
+        )
 
 
 # ----------------------------------------------------------------- latents and labels
@@ -129,13 +144,49 @@ def arithmetic_latent(z: Tensor, a: list[int], b: list[int], c: list[int]) -> Te
 
 
 # ----------------------------------------------------------------- modes
-def _draw(module: GANModule, cfg: DictConfig, noise: torch.Generator, n: int) -> Tensor:
-    z = draw_latent(module, n, noise, cfg.truncation)
-    return generate(module, z, class_labels(module, cfg.class_label, 0, n))
+def sampler(module: GANModule, cfg: DictConfig, noise: torch.Generator) -> Callable[[int], Tensor]:
+    """draw(n) -> the next n samples: straight from the generator, or kept by rejection sampling
+    (Azadi et al. 2019) when rejection.method=drs. Labels cycle as in class_labels."""
+    drawn = 0
+
+    def propose(n: int) -> tuple[Tensor, Tensor | None]:
+        nonlocal drawn
+        labels = class_labels(module, cfg.class_label, drawn, n)
+        drawn += n
+        return generate(module, draw_latent(module, n, noise, cfg.truncation), labels), labels
+
+    if cfg.rejection.method is None:
+        return lambda n: propose(n)[0]
+    spec = cfg.rejection
+    rejection = DiscriminatorRejection(
+        percentile=spec.percentile,
+        burn_in=spec.burn_in,
+        batch_size=cfg.batch_size,
+        max_proposals_per_sample=spec.max_proposals_per_sample,
+    )
+    log_ratio = log_ratio_of(module)
+    rejection.fit(propose, log_ratio)
+
+    def draw(n: int) -> Tensor:
+        return rejection.draw(n, propose, log_ratio, noise)[0]
+
+    draw.rejection = rejection  # type: ignore[attr-defined]  # read by report_rejection
+    return draw
+
+
+def report_rejection(draw: Callable[[int], Tensor]) -> None:
+    rejection = getattr(draw, "rejection", None)
+    if rejection is not None:
+        print(
+            f"Rejection sampling (DRS): kept {rejection.accepted} of {rejection.proposed} "
+            f"proposals ({100 * rejection.acceptance:.1f}%)"
+        )
 
 
 def grid_mode(module: GANModule, cfg: DictConfig, noise: torch.Generator, out: Path) -> list[Path]:
-    samples = _draw(module, cfg, noise, cfg.n)
+    draw = sampler(module, cfg, noise)
+    samples = draw(cfg.n)
+    report_rejection(draw)
     if samples.dim() == 2:  # 2D data: a scatter plot of the points
         scatter_over_data(samples, *_real_points(module, cfg.n), out, title=str(cfg.ckpt))
     else:
@@ -164,15 +215,15 @@ def folder_mode(
         raise UserError(f"out={out} already exists and is not an empty folder; pass a new folder")
     out.mkdir(parents=True, exist_ok=True)
     points = []
+    draw = sampler(module, cfg, noise)
     for start in range(0, cfg.n, cfg.batch_size):
-        size = min(cfg.batch_size, cfg.n - start)
-        z = draw_latent(module, size, noise, cfg.truncation)
-        samples = generate(module, z, class_labels(module, cfg.class_label, start, size))
+        samples = draw(min(cfg.batch_size, cfg.n - start))
         if samples.dim() == 2:
             points.append(samples)
             continue
         for i, image in enumerate(to_uint8(samples)):
             save_png(image, out / f"{start + i:06d}.png")
+    report_rejection(draw)
     if points:  # 2D data: one CSV of x,y rows instead of images
         rows = [f"{x:.6g},{y:.6g}" for x, y in torch.cat(points).tolist()]
         (out / "points.csv").write_text("x,y\n" + "\n".join(rows) + "\n")
@@ -291,6 +342,7 @@ def index_sheet(images: Tensor, nrow: int) -> Tensor:
     return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
 
 
+REJECTION_MODES = ("grid", "folder")
 MODES: dict[str, Callable[[GANModule, DictConfig, torch.Generator, Path], list[Path]]] = {
     "grid": grid_mode,
     "folder": folder_mode,
