@@ -57,6 +57,15 @@ def test_the_drs_row_is_summarized_apart_and_never_decides_the_verdict() -> None
     assert "drs" not in summarize([row(0, 8, 90.0, 0.01, 100.0)])["ring8"]
 
 
+def test_a_critic_without_a_density_ratio_gets_no_drs_row() -> None:
+    from types import SimpleNamespace
+
+    from gan_runner.bench.quality import drs_scores
+    from gan_runner.objectives import Hinge
+
+    assert drs_scores(SimpleNamespace(objective=Hinge()), source=None, seed=0) == {}
+
+
 def test_single_seed_has_no_standard_error() -> None:
     entry = summarize([row(4, 8, 90.0, 0.5, 10.0)])["ring8"]
     assert entry["hq_percent"] == {"mean": 90.0, "se": None}
