@@ -199,6 +199,14 @@ def test_points_models_write_scatter_and_csv(ckpt, tmp_path) -> None:
         (["ckpt={ckpt}", "mode=mosaic"], "error: mode=mosaic is unknown; choose one of: grid"),
         (["ckpt={ckpt}", "n=0"], "error: n=0 is invalid: it must be an integer >= 1"),
         (["ckpt={ckpt}", "truncation=0"], "error: truncation=0 is not valid"),
+        (
+            ["ckpt={ckpt}", "rejection.method=drs", "rejection.percentile=high"],
+            "error: rejection.percentile='high' is invalid: it must be a number in [0, 1]",
+        ),
+        (
+            ["ckpt={ckpt}", "rejection.method=drs", "rejection.burn_in=0"],
+            "error: rejection.burn_in=0 is invalid: it must be an integer >= 1",
+        ),
     ],
 )
 def test_console_errors_are_one_line(ckpt, tmp_path, monkeypatch, capsys, args, expected) -> None:

@@ -51,6 +51,7 @@ def sample(cfg: DictConfig) -> list[Path]:
 def _check_counts(cfg: DictConfig) -> None:
     lows = {"n": 1, "nrow": 1, "batch_size": 1, "seed": 0, "interpolation.pairs": 1}
     lows |= {"interpolation.steps": 2, "arithmetic.candidates": 1, "arithmetic.neighbours": 0}
+    lows |= {"rejection.burn_in": 1, "rejection.max_proposals_per_sample": 1}
     for key, low in lows.items():
         value = OmegaConf.select(cfg, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -67,6 +68,13 @@ def _check_rejection(cfg: DictConfig) -> None:
         return
     if method != "drs":
         raise UserError(f"rejection.method={method} is unknown; choose drs or null")
+    percentile = cfg.rejection.percentile
+    numeric = isinstance(percentile, (int, float)) and not isinstance(percentile, bool)
+    if percentile is not None and not (numeric and 0 <= percentile <= 1):
+        raise UserError(
+            f"rejection.percentile={percentile!r} is invalid: it must be a number in [0, 1] "
+            "(or null for no shift)"
+        )
     if cfg.mode not in REJECTION_MODES:
         raise UserError(
             f"rejection.method=drs filters independent samples (mode=grid or mode=folder); "
