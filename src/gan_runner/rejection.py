@@ -43,8 +43,12 @@ class DiscriminatorRejection:
         batch_size: int = 2_500,
         max_proposals_per_sample: int = 100,
     ) -> None:
-        if percentile is not None and not 0.0 <= percentile <= 1.0:
-            raise UserError(f"rejection.percentile={percentile} must be in [0, 1]")
+        numeric = isinstance(percentile, (int, float)) and not isinstance(percentile, bool)
+        if percentile is not None and not (numeric and 0 <= percentile <= 1):
+            raise UserError(
+                f"rejection.percentile={percentile!r} is invalid: it must be a number in [0, 1] "
+                "(or null for no shift)"
+            )
         if min(burn_in, batch_size, max_proposals_per_sample) < 1:
             raise UserError(
                 "rejection.burn_in, batch_size and max_proposals_per_sample must be >= 1"

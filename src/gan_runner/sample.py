@@ -68,18 +68,22 @@ def _check_rejection(cfg: DictConfig) -> None:
         return
     if method != "drs":
         raise UserError(f"rejection.method={method} is unknown; choose drs or null")
-    percentile = cfg.rejection.percentile
-    numeric = isinstance(percentile, (int, float)) and not isinstance(percentile, bool)
-    if percentile is not None and not (numeric and 0 <= percentile <= 1):
-        raise UserError(
-            f"rejection.percentile={percentile!r} is invalid: it must be a number in [0, 1] "
-            "(or null for no shift)"
-        )
     if cfg.mode not in REJECTION_MODES:
         raise UserError(
             f"rejection.method=drs filters independent samples (mode=grid or mode=folder); "
             f"mode={cfg.mode} needs every latent it draws, so set rejection.method=null"
         )
+    make_rejection(cfg)  # its settings are checked before the checkpoint is loaded
+
+
+def make_rejection(cfg: DictConfig) -> DiscriminatorRejection:
+    spec = cfg.rejection
+    return DiscriminatorRejection(
+        percentile=spec.percentile,
+        burn_in=spec.burn_in,
+        batch_size=cfg.batch_size,
+        max_proposals_per_sample=spec.max_proposals_per_sample,
+    )
 
 
 # ----------------------------------------------------------------- latents and labels
@@ -152,9 +156,12 @@ def arithmetic_latent(z: Tensor, a: list[int], b: list[int], c: list[int]) -> Te
 
 
 # ----------------------------------------------------------------- modes
-def sampler(module: GANModule, cfg: DictConfig, noise: torch.Generator) -> Callable[[int], Tensor]:
-    """draw(n) -> the next n samples: straight from the generator, or kept by rejection sampling
-    (Azadi et al. 2019) when rejection.method=drs. Labels cycle as in class_labels."""
+def sampler(
+    module: GANModule, cfg: DictConfig, noise: torch.Generator
+) -> tuple[Callable[[int], Tensor], DiscriminatorRejection | None]:
+    """(draw, rejection): draw(n) -> the next n samples, straight from the generator, or kept by
+    rejection sampling (Azadi et al. 2019) when rejection.method=drs, whose sampler is returned
+    for its acceptance count. Labels cycle as in class_labels."""
     drawn = 0
 
     def propose(n: int) -> tuple[Tensor, Tensor | None]:
@@ -164,26 +171,14 @@ def sampler(module: GANModule, cfg: DictConfig, noise: torch.Generator) -> Calla
         return generate(module, draw_latent(module, n, noise, cfg.truncation), labels), labels
 
     if cfg.rejection.method is None:
-        return lambda n: propose(n)[0]
-    spec = cfg.rejection
-    rejection = DiscriminatorRejection(
-        percentile=spec.percentile,
-        burn_in=spec.burn_in,
-        batch_size=cfg.batch_size,
-        max_proposals_per_sample=spec.max_proposals_per_sample,
-    )
+        return (lambda n: propose(n)[0]), None
+    rejection = make_rejection(cfg)
     log_ratio = log_ratio_of(module)
     rejection.fit(propose, log_ratio)
-
-    def draw(n: int) -> Tensor:
-        return rejection.draw(n, propose, log_ratio, noise)[0]
-
-    draw.rejection = rejection  # type: ignore[attr-defined]  # read by report_rejection
-    return draw
+    return (lambda n: rejection.draw(n, propose, log_ratio, noise)[0]), rejection
 
 
-def report_rejection(draw: Callable[[int], Tensor]) -> None:
-    rejection = getattr(draw, "rejection", None)
+def report_rejection(rejection: DiscriminatorRejection | None) -> None:
     if rejection is not None:
         print(
             f"Rejection sampling (DRS): kept {rejection.accepted} of {rejection.proposed} "
@@ -192,9 +187,9 @@ def report_rejection(draw: Callable[[int], Tensor]) -> None:
 
 
 def grid_mode(module: GANModule, cfg: DictConfig, noise: torch.Generator, out: Path) -> list[Path]:
-    draw = sampler(module, cfg, noise)
+    draw, rejection = sampler(module, cfg, noise)
     samples = draw(cfg.n)
-    report_rejection(draw)
+    report_rejection(rejection)
     if samples.dim() == 2:  # 2D data: a scatter plot of the points
         scatter_over_data(samples, *_real_points(module, cfg.n), out, title=str(cfg.ckpt))
     else:
@@ -223,7 +218,7 @@ def folder_mode(
         raise UserError(f"out={out} already exists and is not an empty folder; pass a new folder")
     out.mkdir(parents=True, exist_ok=True)
     points = []
-    draw = sampler(module, cfg, noise)
+    draw, rejection = sampler(module, cfg, noise)
     for start in range(0, cfg.n, cfg.batch_size):
         samples = draw(min(cfg.batch_size, cfg.n - start))
         if samples.dim() == 2:
@@ -231,7 +226,7 @@ def folder_mode(
             continue
         for i, image in enumerate(to_uint8(samples)):
             save_png(image, out / f"{start + i:06d}.png")
-    report_rejection(draw)
+    report_rejection(rejection)
     if points:  # 2D data: one CSV of x,y rows instead of images
         rows = [f"{x:.6g},{y:.6g}" for x, y in torch.cat(points).tolist()]
         (out / "points.csv").write_text("x,y\n" + "\n".join(rows) + "\n")
