@@ -51,8 +51,9 @@ class Case:
 CASES = {
     case.name: case
     for case in (
-        # Pinned to the players and batch measured in the README's table (grid25's default 2D
-        # recipe is narrower and batches 1024 since; conf/_mixture2d/recipe.yaml).
+        # Pinned to the players, latent and batch measured in the README's table (grid25's
+        # default 2D recipe is narrower, batches 1024 and draws islands since;
+        # conf/_mixture2d/recipe.yaml).
         Case(
             "mlp_grid25",
             "MLP 3×512 (BatchNorm G), non-saturating, Adam, batch 256",
@@ -62,6 +63,7 @@ CASES = {
                 "arch.discriminator.hidden=[512,512,512]",
                 "data.batch_size=256",
                 "z_dim=64",
+                "latent=normal",
                 "optimizer=adam",
                 "schedule=constant",
                 "regularizer=[]",
