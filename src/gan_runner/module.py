@@ -167,9 +167,12 @@ class GANModule(pl.LightningModule):
     def _discriminator_step(self, real: Tensor, real_labels: Tensor | None) -> dict[str, Tensor]:
         d_opt, _ = self.optimizers()
         z, fake_labels = self.draw_latent(real.shape[0])
-        # Toggling freezes G, so no graph through G is built for the critic's step.
+        # No graph through G for the critic's step. no_grad, not only the toggle's frozen
+        # weights: torch.compile guards on grad mode, while torch 2.11 reused G's graph traced
+        # here (weights frozen) in the generator step, whose loss then had no grad_fn.
         with self.toggled_optimizer(d_opt):
-            fake = self.generator(z, fake_labels).detach()
+            with torch.no_grad():
+                fake = self.generator(z, fake_labels)
             real_scores = self.critic(real, real_labels).float()
             fake_scores = self.critic(fake, fake_labels).float()
             loss = self.objective.discriminator_loss(real_scores, fake_scores)
