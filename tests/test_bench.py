@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from functools import partial
 
 import pytest
 import torch
@@ -138,6 +139,48 @@ def test_compile_leaves_a_gradient_penalty_critic_eager_and_says_so(tmp_path, ca
     assert module.discriminator._compiled_call_impl is None
     assert "regularizer=gradient_penalty" in caplog.text
     assert list(module.state_dict()) == list(_conv_module(tmp_path, "model=wgan_gp").state_dict())
+
+
+class _OnGPU:
+    """A parameter stand-in that says it lives on a CUDA GPU (CI has none)."""
+
+    is_cuda = True
+
+    def __init__(self, floating: bool = True) -> None:
+        self.floating = floating
+
+    def is_floating_point(self) -> bool:
+        return self.floating
+
+
+def test_fused_optimizers_are_chosen_only_on_a_gpu_and_only_where_the_config_chose_none():
+    adam, rmsprop = partial(torch.optim.Adam, lr=1e-3), partial(torch.optim.RMSprop, lr=1e-3)
+    on_gpu, on_cpu = [_OnGPU(), _OnGPU()], [torch.nn.Parameter(torch.zeros(2))]
+    assert speed.fused_keywords(adam, on_gpu) == {"fused": True}
+    assert speed.fused_keywords(partial(torch.optim.SGD, lr=0.1), on_gpu) == {"fused": True}
+    assert speed.fused_keywords(adam, on_cpu) == {}  # CPUs keep torch's default
+    assert speed.fused_keywords(adam, [*on_gpu, *on_cpu]) == {}
+    assert speed.fused_keywords(adam, [_OnGPU(floating=False)]) == {}
+    assert speed.fused_keywords(rmsprop, on_gpu) == {}  # no fused kernel
+    assert speed.fused_keywords(partial(adam, foreach=False), on_gpu) == {}  # the config's choice
+    assert speed.fused_keywords(partial(adam, fused=False), on_gpu) == {}
+
+
+def test_fused_preference_builds_the_configured_optimizer_unchanged_on_a_cpu(tmp_path):
+    module = _conv_module(tmp_path)
+    apply_speed_options(module, SpeedSettings(tf32=False))
+    apply_speed_options(module, SpeedSettings(tf32=False))  # idempotent: wrapped once
+    assert isinstance(module.make_generator_optimizer, speed.FusedOnGPU)
+    assert not isinstance(module.make_generator_optimizer.make, speed.FusedOnGPU)
+    built = module.configure_optimizers()
+    d_opt, g_opt = built[0] if isinstance(built, tuple) else built  # with or without schedules
+    for opt, net, make in (
+        (d_opt, module.discriminator, module.make_discriminator_optimizer.make),
+        (g_opt, module.generator, module.make_generator_optimizer.make),
+    ):
+        assert isinstance(opt, make.func) and not opt.defaults.get("fused")
+        assert opt.defaults["lr"] == make.keywords["lr"]
+        assert opt.param_groups[0]["params"] == list(net.parameters())
 
 
 def test_speed_settings_refuse_unknown_keys_and_non_booleans():
