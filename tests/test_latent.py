@@ -69,4 +69,3 @@ def test_truncation_keeps_draws_within_psi_sigma_of_their_island() -> None:
 def test_bad_mixture_settings_are_refused(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         GaussianMixture(**kwargs)
-
