@@ -166,7 +166,9 @@ def test_fused_optimizers_are_chosen_only_on_a_gpu_and_only_where_the_config_cho
     assert speed.fused_keywords(partial(adam, fused=False), on_gpu) == {}
 
 
-def test_fused_preference_builds_the_configured_optimizer_unchanged_on_a_cpu(tmp_path):
+def test_fused_preference_builds_the_configured_optimizer_unchanged_on_a_cpu(
+    tmp_path, monkeypatch
+):
     module = _conv_module(tmp_path)
     apply_speed_options(module, SpeedSettings(tf32=False))
     apply_speed_options(module, SpeedSettings(tf32=False))  # idempotent: wrapped once
@@ -181,6 +183,9 @@ def test_fused_preference_builds_the_configured_optimizer_unchanged_on_a_cpu(tmp
         assert isinstance(opt, make.func) and not opt.defaults.get("fused")
         assert opt.defaults["lr"] == make.keywords["lr"]
         assert opt.param_groups[0]["params"] == list(net.parameters())
+    # Where the decision says fused (on a GPU), the factory builds it so: CPU Adam has the kernel.
+    monkeypatch.setattr(speed, "fused_keywords", lambda make, params: {"fused": True})
+    assert module.make_generator_optimizer(module.generator.parameters()).defaults["fused"]
 
 
 def test_speed_settings_refuse_unknown_keys_and_non_booleans():
