@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import gan_runner.train as train_py
-from conftest import QUICK, call_console, compose_config
+from conftest import QUICK, TINY_DIGITS, call_console, compose_config
 from gan_runner import cli
 from gan_runner.errors import UserError
 from gan_runner.train import train
@@ -67,6 +67,53 @@ def test_training_2n_equals_n_then_resume_then_n_bit_for_bit(tmp_path):
     a = torch.load(straight / "last.ckpt", weights_only=True)
     b = torch.load(resumed / "last.ckpt", weights_only=True)
     assert a["gan_runner"]["counters"]["g_steps"] == 40
+    _assert_same_state(a, b)
+
+
+# Each embedded data set at its default size (2D: 100k points in batches of 1,024; digits: 28
+# batches of 64 per epoch), with EMA and its own metrics, so the run's end lies mid-epoch.
+CONTINUED = {
+    "ring8": ("data=ring8",),
+    "grid25": ("data=grid25",),
+    "digits": ("model=dcgan", *TINY_DIGITS, "metrics=[]"),
+}
+CONTINUED_COMMON = (
+    *QUICK,
+    "schedule=constant",  # so the longer run's config is the same trajectory
+    "seed=3",
+    "callbacks.samples=null",
+    "callbacks.loss_curve=null",
+    "callbacks.progress=null",
+    "callbacks.metrics.every=0",  # evaluates only at the end: the end's save follows it
+    "metrics.mixture.scatter_dir=null",
+)
+
+
+def _continued(folder: Path, data: str, *overrides: str) -> Path:
+    common = [o for o in CONTINUED_COMMON if data != "digits" or "mixture" not in o]
+    train(compose_config([*common, *CONTINUED[data], *overrides], folder))
+    return folder / "checkpoints"
+
+
+@pytest.mark.parametrize("data", list(CONTINUED))
+@pytest.mark.parametrize("resume_from", ["end_of_run", "periodic"])
+def test_a_finished_or_saved_run_continued_equals_the_run_trained_straight(
+    tmp_path, data, resume_from
+):
+    straight = _continued(tmp_path / "straight", data, "train.g_steps=40")
+    if resume_from == "end_of_run":  # extend a finished run in its own folder
+        _continued(tmp_path / "short", data, "train.g_steps=20")
+        resumed = _continued(tmp_path / "short", data, "train.g_steps=40", "resume=auto")
+    else:  # a periodic save taken mid-run, continued into a new folder
+        saved = _continued(
+            tmp_path / "saved", data, "train.g_steps=30", "callbacks.checkpoint.every=20"
+        )
+        ckpt = saved / "g0000020.ckpt"
+        resumed = _continued(tmp_path / "resumed", data, "train.g_steps=40", f"resume='{ckpt}'")
+    a = torch.load(straight / "last.ckpt", weights_only=True)
+    b = torch.load(resumed / "last.ckpt", weights_only=True)
+    assert a["gan_runner"]["counters"]["g_steps"] == 40
+    assert a["epoch"] == b["epoch"]
     _assert_same_state(a, b)
 
 

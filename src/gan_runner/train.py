@@ -121,7 +121,11 @@ def build_module(cfg: DictConfig) -> GANModule:
 
 
 class StopAtGSteps(pl.Callback):
-    """Ends the fit after `g_steps` generator steps: run length is counted in G steps."""
+    """Ends the fit after `g_steps` generator steps: run length is counted in G steps.
+
+    It runs first among the callbacks, so the others see `trainer.should_stop` on the run's
+    last batch and save and evaluate there, mid-epoch, as at any periodic point.
+    """
 
     def __init__(self, g_steps: int) -> None:
         self.g_steps = g_steps
@@ -231,7 +235,8 @@ def assemble(cfg: DictConfig) -> Assembled:
     callbacks = build_each(cfg, "callbacks")
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it must hide
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    callbacks.append(StopAtGSteps(settings.train.g_steps))
+    # First: the checkpoint and metrics callbacks read its stop on the run's last batch.
+    callbacks.insert(0, StopAtGSteps(settings.train.g_steps))
     # A logger that fails (W&B unreachable) warns once and is dropped; training goes on.
     return Assembled(datamodule, module, callbacks, fail_soft(build_each(cfg, "logger")))
 

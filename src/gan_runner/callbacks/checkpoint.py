@@ -74,10 +74,14 @@ class GStepCheckpoint(pl.Callback):
             trainer.save_checkpoint(self.dirpath / f"g{g_steps:07d}.ckpt", weights_only=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # The run's last batch saves here too: after on_train_end Lightning has closed the
+        # epoch, and a run extended from that state would start a new data order.
         g_steps = pl_module.counters.g_steps
-        if g_steps and g_steps % self.every == 0 and g_steps != self._saved_at:
+        due = g_steps % self.every == 0 or trainer.should_stop
+        if g_steps and due and g_steps != self._saved_at:
             self.save(trainer, g_steps)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        # A stop that no earlier callback announced (max_steps, a benchmark's time budget).
         if pl_module.counters.g_steps != self._saved_at:
             self.save(trainer, pl_module.counters.g_steps)

@@ -131,8 +131,11 @@ class EvaluateMetrics(pl.Callback):
         _publish(trainer, self._best())  # after a resume, best/ is known before any evaluation
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # The run's last batch evaluates here, so last.ckpt and best.ckpt saved after it hold
+        # a mid-epoch state that continues exactly (see GStepCheckpoint).
         g_steps = pl_module.counters.g_steps
-        if self.every and g_steps and g_steps % self.every == 0 and g_steps != self._evaluated_at:
+        due = (self.every and g_steps % self.every == 0) or trainer.should_stop
+        if g_steps and due and g_steps != self._evaluated_at:
             self.run(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: GANModule) -> None:
