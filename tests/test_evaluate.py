@@ -143,7 +143,7 @@ def test_ema_live_and_seeds(ckpt, tmp_path) -> None:
 def test_points_checkpoint_gets_the_mixture_protocol(ckpt, tmp_path) -> None:
     written = run_eval(f"ckpt={ckpt['ring']}", "n_samples=500", f"out={tmp_path / 'ring'}")
     report = json.loads(written[0].read_text())
-    assert list(report["metrics"]) == ["modes_500", "hq_percent_500", "rkl_500"]
+    assert list(report["metrics"]) == ["modes_500", "hq_percent_500", "rkl_500", "score_500"]
     assert "mixture protocol" in report["note"] and "mixture protocol" in written[1].read_text()
     assert report["provenance"]["n_modes"] == 8
 

@@ -134,6 +134,25 @@ def test_names_state_extractor_sample_count_and_split():
         "coverage_inception_10k_test",
     ]
     assert FidelityEvaluation(Named(), ["fid"], 2500).primary == "fid_inception_2500_train"
+
+
+@pytest.mark.parametrize(
+    ("metrics", "primary"),
+    [
+        (["is", "pr", "fid"], "fid_inception_10k_train"),
+        (["pr", "kid"], "kid_inception_10k_train"),  # not precision, listed first
+        (["pr", "dc"], "coverage_inception_10k_train"),  # not precision, nor density
+        (["modes", "is"], "is_inception_10k"),
+    ],
+)
+def test_headline_is_one_that_a_collapsed_generator_cannot_win(metrics, primary):
+    assert FidelityEvaluation(Named(), metrics).primary == primary
+
+
+@pytest.mark.parametrize("metrics", [["pr"], ["modes"], ["pr", "modes"]])
+def test_no_headline_without_a_collapse_proof_metric(metrics):
+    with pytest.raises(UserError, match="set callbacks.metrics.best_metric to one of"):
+        FidelityEvaluation(Named(), metrics).primary  # noqa: B018
     with pytest.raises(ValueError, match="fjd"):
         FidelityEvaluation(Named(), ["fid", "fjd"])
 

@@ -350,10 +350,10 @@ def test_training_puts_the_best_metric_and_its_step_in_the_summary(no_credential
     lines = (Path(cfg.paths.output_dir) / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     best = records[-1]["best"]
-    assert [r["g_steps"] for r in records] == [1, 2] and best["metric"] == "rkl_2500"
+    assert [r["g_steps"] for r in records] == [1, 2] and best["metric"] == "score_2500"
     (summary,) = summaries
-    assert summary["best/rkl_2500"] == pytest.approx(best["value"])
-    assert summary["best/rkl_2500_g_steps"] == best["g_steps"]
+    assert summary["best/score_2500"] == pytest.approx(best["value"])
+    assert summary["best/score_2500_g_steps"] == best["g_steps"]
 
 
 # --- loggers that fail -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,9 +16,12 @@ import torch
 import gan_runner.train as train_py
 from gan_runner import cli
 from gan_runner.callbacks.metrics import EvaluateMetrics, infer_mode, metric_name
+from gan_runner.data.toy import GaussianRing
 from gan_runner.errors import UserError
-from gan_runner.metrics.mixture import mode_statistics
+from gan_runner.latent import Normal
+from gan_runner.metrics.mixture import mode_statistics, ranking_score
 from gan_runner.metrics.mixture_eval import MixtureEvaluation
+from gan_runner.metrics.parzen import ParzenWindow
 from gan_runner.train import build_module, train
 
 SMALL = (
@@ -39,7 +43,7 @@ def only_metrics(*keep: str) -> tuple[str, ...]:
     return tuple(f"callbacks.{c}=null" for c in OTHER_CALLBACKS if c not in keep)
 
 
-NAMES = ("modes_2500", "hq_percent_2500", "rkl_2500")
+NAMES = ("modes_2500", "hq_percent_2500", "rkl_2500", "score_2500")
 
 
 @pytest.fixture
@@ -87,7 +91,8 @@ def test_logged_metrics_match_a_direct_computation_with_the_same_seed(fit, tmp_p
     for prefix, net in (("val", module.generator_ema), ("val_live", module.generator)):
         with torch.no_grad():
             stats = mode_statistics(net.eval()(z, None), means, std=0.005, n_std=10)
-        expected = (stats.modes, 100 * stats.hq_fraction, stats.reverse_kl)
+        score = ranking_score(stats)
+        expected = (stats.modes, 100 * stats.hq_fraction, stats.reverse_kl, score)
         assert [metrics[f"{prefix}/{name}"] for name in names] == pytest.approx(expected)
     assert 1 < metrics["val/modes_2500_10std"] < 25 and metrics["val/rkl_2500_10std"] > 0
     lines = results(run)
@@ -105,8 +110,10 @@ def test_logged_metrics_match_a_direct_computation_with_the_same_seed(fit, tmp_p
     assert any("metrics at g_steps=5 (0.3 kimg)" in r.getMessage() for r in caplog.records)
     best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     assert best["gan_runner"]["counters"]["g_steps"] == metrics["best/g_steps"]
-    assert metrics["best/rkl_2500_10std"] == min(
-        line["values"]["val/rkl_2500_10std"] for line in lines
+    # The headline picks the best: the score (all modes, then HQ%, then rKL), not rKL alone.
+    assert lines[-1]["best"]["metric"] == "score_2500_10std"
+    assert metrics["best/score_2500_10std"] == max(
+        line["values"]["val/score_2500_10std"] for line in lines
     )
 
 
@@ -167,7 +174,7 @@ def test_resume_keeps_the_best_record_and_does_not_repeat_an_evaluation(fit, tmp
     lines = results(tmp_path / "run")
     assert [line["g_steps"] for line in lines] == [5, 10]  # 5 is not evaluated twice
     # Ties keep the earlier step, so a lost record would show as best/g_steps=10.
-    best = min(lines, key=lambda line: line["values"]["val/rkl_2500"])
+    best = max(lines, key=lambda line: line["values"]["val/score_2500"])
     assert resumed["best/g_steps"] == best["g_steps"]
 
 
@@ -177,6 +184,7 @@ def test_resume_keeps_the_best_record_and_does_not_repeat_an_evaluation(fit, tmp
         ("fid_inception_10k_test", "min"),
         ("kid_inception_10k_test", "min"),
         ("rkl_2500", "min"),
+        ("score_2500", "max"),
         ("is_inception_10k", "max"),
         ("precision_inception_10k", "max"),
         ("recall_classifier_2k_train", "max"),
@@ -196,7 +204,7 @@ def test_metric_names_and_unknown_directions():
         infer_mode("sharpness_1k")
     # optimized_metric on a training log: the best checkpoint follows the headline number
     callback = EvaluateMetrics({"mixture": MixtureEvaluation()}, best_metric="train/g_loss")
-    assert (callback.best_metric, callback.best_mode) == ("rkl_2500", "min")
+    assert (callback.best_metric, callback.best_mode) == ("score_2500", "max")
 
 
 def test_state_round_trip_keeps_the_record_only_for_the_same_metric():
@@ -214,3 +222,121 @@ def test_mixture_protocol_on_image_data_fails_before_training(make_cfg):
     cfg = make_cfg("data=digits", "data.resolution=8", "metrics=[mixture]", "train.g_steps=1000")
     with pytest.raises(UserError, match="use data=ring8 or data=grid25"):
         train(cfg)
+
+
+# --- the best checkpoint of a known sequence of evaluations ----------------------------------
+
+RING = GaussianRing()
+
+
+def on_modes(counts: list[int], n: int = 2500) -> torch.Tensor:
+    """counts[i] samples exactly on ring mean i; the rest at the centre, 100 std from all modes."""
+    on = [RING.means[i].expand(c, 2) for i, c in enumerate(counts)]
+    return torch.cat([*on, torch.zeros(n - sum(counts), 2)])
+
+
+class Replay(torch.nn.Module):
+    """A generator that returns a fixed sample set whatever z."""
+
+    def __init__(self, points: torch.Tensor) -> None:
+        super().__init__()
+        self.points = points
+
+    def forward(self, z, labels=None):
+        return self.points[: len(z)]
+
+
+class ScheduledMixture(MixtureEvaluation):
+    """The real mixture evaluation, scoring the sample set scheduled for each generator step."""
+
+    def __init__(self, schedule: dict[int, list[int]]) -> None:
+        super().__init__()
+        self.schedule = schedule
+
+    def evaluate(self, module, datamodule, generator):
+        fakes = SimpleNamespace(
+            sampling_generator=Replay(on_modes(self.schedule[module.counters.g_steps])),
+            latent=Normal(),
+            z_dim=1,
+            num_classes=0,
+        )
+        return super().evaluate(fakes, datamodule, generator)
+
+
+class FakeTrainer(SimpleNamespace):
+    def __init__(self) -> None:
+        super().__init__(
+            global_rank=0,
+            world_size=1,
+            loggers=[],
+            callback_metrics={},
+            strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj),
+            datamodule=SimpleNamespace(source=RING),
+            saved=[],
+        )
+
+    def save_checkpoint(self, path, weights_only=False):
+        self.saved.append((path, self.module.counters.g_steps))
+
+
+def replay_training(tmp_path, schedule: dict[int, list[int]], **kwargs) -> EvaluateMetrics:
+    callback = EvaluateMetrics(
+        {"mixture": ScheduledMixture(schedule)},
+        dirpath=str(tmp_path / "checkpoints"),
+        results_path=str(tmp_path / "metrics.jsonl"),
+        **kwargs,
+    )
+    trainer = FakeTrainer()
+    trainer.module = SimpleNamespace(
+        counters=SimpleNamespace(g_steps=0, images_seen=0), device=torch.device("cpu")
+    )
+    for g_steps in schedule:
+        trainer.module.counters.g_steps = g_steps
+        callback.run(trainer, trainer.module)
+    callback.saved = trainer.saved
+    return callback
+
+
+# Issue 13, as `make run` saw it: at 3,000 steps every mode at 85% HQ in an even, spread-out
+# cloud (rKL 0.0000); at 13,000 every mode at 97% HQ, a little less even (rKL 0.005).
+ISSUE_13 = {
+    3000: [266] * 5 + [265] * 3,
+    8000: [350, 250, 290, 290, 290, 290, 290, 275],  # 2325: 93%
+    13000: [380, 280, 300, 300, 300, 300, 300, 265],  # 2425: 97%
+}
+
+
+def test_best_checkpoint_is_the_late_high_quality_generator_not_the_early_even_one(tmp_path):
+    callback = replay_training(tmp_path, ISSUE_13)
+    lines = results(tmp_path)
+    early, late = lines[0]["values"], lines[-1]["values"]
+    assert early["val/rkl_2500"] < late["val/rkl_2500"]  # rKL alone would keep step 3000
+    assert (early["val/hq_percent_2500"], late["val/hq_percent_2500"]) == (85, 97)
+    assert callback.best_g_steps == 13000  # the old headline, rKL, kept 3000
+    assert callback.saved[-1] == (callback.best_path, 13000)
+    assert callback.best_metric == "score_2500"
+    assert lines[-1]["best"] == {
+        "metric": "score_2500",
+        "value": late["val/score_2500"],
+        "g_steps": 13000,
+    }
+
+
+def test_best_metric_named_explicitly_still_ranks_by_it(tmp_path):
+    callback = replay_training(tmp_path, ISSUE_13, best_metric="val/rkl_2500")
+    assert (callback.best_metric, callback.best_mode) == ("rkl_2500", "min")
+    assert callback.best_g_steps == 3000 and callback.saved == [(callback.best_path, 3000)]
+
+
+def test_parzen_picks_the_best_checkpoint_only_when_nothing_else_can():
+    # Theis et al. 2016: Parzen's log-likelihood is kept for Goodfellow et al.'s table, so with
+    # metrics=[parzen,mixture] the mixture's headline keeps best.ckpt, whatever the order.
+    parzen = ParzenWindow(n_samples=300)
+    both = EvaluateMetrics({"parzen": parzen, "mixture": MixtureEvaluation()})
+    assert (both.best_metric, both.best_mode) == ("score_2500", "max")
+    alone = EvaluateMetrics({"parzen": parzen})
+    assert (alone.best_metric, alone.best_mode) == ("parzen_300_test", "max")
+    named = EvaluateMetrics(
+        {"parzen": parzen, "mixture": MixtureEvaluation()}, best_metric="val/parzen_300_test"
+    )
+    assert named.best_metric == "parzen_300_test"  # named explicitly: the user's choice

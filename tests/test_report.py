@@ -123,6 +123,7 @@ def test_curves_are_valid_pngs_one_per_metric(made: Path) -> None:
         "curves_val_hq_percent_2500.png",
         "curves_val_modes_2500.png",
         "curves_val_rkl_2500.png",
+        "curves_val_score_2500.png",
     ]
     for name in names:
         with Image.open(made / name) as image:

@@ -93,7 +93,7 @@ def train_seed(data: str, seed: int, overrides: list[str], workdir: Path) -> See
     noise = torch.Generator(device=run.module.device).manual_seed(seed)
     evaluation = MixtureEvaluation(n_samples=2500, n_std=3.0)
     scores = evaluation.evaluate(run.module, run.datamodule, noise)
-    modes, hq, rkl = (scores[name] for name in evaluation.names())
+    modes, hq, rkl = (scores[f"{m}_{evaluation.suffix}"] for m in ("modes", "hq_percent", "rkl"))
     return SeedRow(
         data=data,
         seed=seed,

@@ -8,7 +8,7 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,24 @@ from gan_runner.module import GANModule
 
 log = logging.getLogger(__name__)
 
-# A metric's first word says which way is better: fid_inception_10k_test -> lower.
+# A metric's first word says which way is better: fid_inception_10k_test -> lower. `score` is
+# a ranking built to be maximised (score_2500: modes, then HQ%, then rKL; metrics.mixture).
 LOWER_IS_BETTER = {"fid", "kid", "rkl"}
-HIGHER_IS_BETTER = {"is", "precision", "recall", "density", "coverage", "modes", "hq", "parzen"}
+HIGHER_IS_BETTER = {
+    "is",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "modes",
+    "hq",
+    "parzen",
+    "score",
+}
 PREFIXES = ("val/", "best/")
+# Headlines kept to reproduce a paper, not to rank models: Parzen log-likelihood (Theis et al.
+# 2016). Without best_metric, another evaluation's headline picks best.ckpt when there is one.
+NOT_FOR_RANKING = {"parzen"}
 
 
 def metric_name(name: str | None) -> str | None:
@@ -43,8 +57,24 @@ def metric_name(name: str | None) -> str | None:
     return None if "/" in name else name
 
 
+def headline(evaluations: Iterable[Any]) -> str | None:
+    """The `primary` of the first evaluation whose headline ranks models, else of the first.
+
+    metrics=[parzen,mixture] keeps best.ckpt by the mixture's score_2500, not by Parzen.
+    """
+    fallback = None
+    for evaluation in evaluations:
+        primary = getattr(evaluation, "primary", None)
+        if primary is None:
+            continue
+        if primary.split("_")[0] not in NOT_FOR_RANKING:
+            return primary
+        fallback = fallback or primary
+    return fallback
+
+
 def infer_mode(name: str) -> str:
-    """'min' or 'max' from a metric's first word (fid, kid, rkl: min; is, modes, hq, ...: max)."""
+    """'min' or 'max' from a metric's first word (fid, kid, rkl: min; is, modes, score...: max)."""
     head = name.split("_")[0]
     if head in LOWER_IS_BETTER:
         return "min"
@@ -82,7 +112,8 @@ class EvaluateMetrics(pl.Callback):
     values and provenance to `results_path` (JSONL), and saves `<dirpath>/best.ckpt` whenever
     `best_metric` improves. `best_metric` is bare (`rkl_2500`) or as logged (`val/...`,
     `best/...`); null, or another log such as `train/g_loss`, falls back to the first
-    evaluation's `primary`.
+    evaluation's `primary`, its headline number (the 2D protocol: `score_2500`, which ranks all
+    modes first, then HQ%, then rKL; images: FID), skipping Parzen's when another has one.
     Each evaluation draws from its own generator, seeded (seed + index) per rank, inside
     `isolate_rng`, so turning metrics on leaves the training trajectory bit for bit unchanged.
     Under DDP every rank evaluates: each draws its share of the samples and the evaluations
@@ -107,8 +138,7 @@ class EvaluateMetrics(pl.Callback):
             raise ValueError(f"best_mode must be min, max or null, got {best_mode!r}")
         self.evaluations = dict(evaluations or {})
         self.every, self.seed, self.use_ema, self.also_live = every, seed, use_ema, also_live
-        first = next(iter(self.evaluations.values()), None)
-        self.best_metric = metric_name(best_metric) or getattr(first, "primary", None)
+        self.best_metric = metric_name(best_metric) or headline(self.evaluations.values())
         self.best_mode = best_mode or (infer_mode(self.best_metric) if self.best_metric else None)
         self.dirpath, self.results_path = Path(dirpath), Path(results_path)
         self.best_value: float | None = None
@@ -177,7 +207,7 @@ class EvaluateMetrics(pl.Callback):
         seconds = time.perf_counter() - started
         if rank_zero:
             self._record(pl_module, values, provenance, seconds)
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            shown = ", ".join(f"{k}={_shown(v)}" for k, v in values.items())
             kimg = pl_module.counters.images_seen / 1000
             best = f"; best {self.best_metric} so far: {self.best_path}" if improved else ""
             log.info(
@@ -280,6 +310,12 @@ def _publish(trainer: pl.Trainer, values: dict[str, float]) -> None:
     trainer.callback_metrics.update(
         {k: torch.tensor(float(v), dtype=torch.float64) for k, v in values.items()}
     )
+
+
+def _shown(value: float) -> str:
+    # 4 significant digits, but never an exponent for a score in the thousands (grid25's
+    # score_2500 = 25097.5: 25 modes, HQ 97%), whose integer part must stay readable.
+    return f"{value:.1f}" if 1e3 <= abs(value) < 1e7 else f"{value:.4g}"
 
 
 def library_versions() -> dict[str, str]:

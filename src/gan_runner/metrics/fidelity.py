@@ -263,8 +263,24 @@ class FidelityEvaluation:
 
     @property
     def primary(self) -> str:
-        """The number that picks the best checkpoint when no best_metric is named."""
-        return self._names()["fid"] if "fid" in self.metrics else self.names()[0]
+        """The number that picks the best checkpoint when no best_metric is named.
+
+        FID (Heusel et al. 2017), else KID (Bińkowski et al. 2018), else coverage (Naeem et al.
+        2020), else IS (Salimans et al. 2016), in whatever order `metrics` lists them. Alone,
+        precision and density reward collapse onto typical images, recall rewards outliers and
+        the class-mode count ties from the first checkpoint that reaches every class, so they
+        need a named best_metric.
+        """
+        names = self._names()
+        for metric, name in (("fid", "fid"), ("kid", "kid"), ("dc", "coverage"), ("is", "is")):
+            if metric in self.metrics:
+                return names[name]
+        raise UserError(
+            f"metrics [{', '.join(self.metrics)}] have no headline that ranks generators "
+            "(precision, density and mode counts reward collapse, recall rewards outliers); "
+            "add fid, kid, dc or is, or set callbacks.metrics.best_metric to one of: "
+            f"{', '.join(self.names())}"
+        )
 
     def provenance(self) -> dict[str, Any]:
         """How the numbers were made: extractor, weights hash, sample counts, split, versions."""
