@@ -172,20 +172,21 @@ def test_fused_preference_builds_the_configured_optimizer_unchanged_on_a_cpu(
     module = _conv_module(tmp_path)
     apply_speed_options(module, SpeedSettings(tf32=False))
     apply_speed_options(module, SpeedSettings(tf32=False))  # idempotent: wrapped once
-    assert isinstance(module.make_generator_optimizer, speed.FusedOnGPU)
-    assert not isinstance(module.make_generator_optimizer.make, speed.FusedOnGPU)
+    assert isinstance(module.optimizer_factories["generator"], speed.FusedOnGPU)
+    assert not isinstance(module.optimizer_factories["generator"].make, speed.FusedOnGPU)
     built = module.configure_optimizers()
     d_opt, g_opt = built[0] if isinstance(built, tuple) else built  # with or without schedules
     for opt, net, make in (
-        (d_opt, module.discriminator, module.make_discriminator_optimizer.make),
-        (g_opt, module.generator, module.make_generator_optimizer.make),
+        (d_opt, module.discriminator, module.optimizer_factories["discriminator"].make),
+        (g_opt, module.generator, module.optimizer_factories["generator"].make),
     ):
         assert isinstance(opt, make.func) and not opt.defaults.get("fused")
         assert opt.defaults["lr"] == make.keywords["lr"]
         assert opt.param_groups[0]["params"] == list(net.parameters())
     # Where the decision says fused (on a GPU), the factory builds it so: CPU Adam has the kernel.
     monkeypatch.setattr(speed, "fused_keywords", lambda make, params: {"fused": True})
-    assert module.make_generator_optimizer(module.generator.parameters()).defaults["fused"]
+    make_generator = module.optimizer_factories["generator"]
+    assert make_generator(module.generator.parameters()).defaults["fused"]
 
 
 def test_speed_settings_refuse_unknown_keys_and_non_booleans():

@@ -85,5 +85,5 @@ def test_every_objective_with_every_regularizer_takes_a_step(make_cfg, objective
     )
     metrics = train(cfg)
     assert metrics["train/d_steps"] == 2 and metrics["train/g_steps"] == 1
-    if f"train/reg/{regularizer}" in metrics:  # penalties log their term
-        assert metrics[f"train/reg/{regularizer}"] >= 0
+    if f"train/discriminator/{regularizer}" in metrics:  # penalties log their term
+        assert metrics[f"train/discriminator/{regularizer}"] >= 0

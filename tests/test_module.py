@@ -42,25 +42,31 @@ def _lrs(module) -> tuple[float, float]:
 
 
 def _trace(module, events: list, latents: list) -> None:
-    """Record every D/G step (counters, LRs, G weights after it) and every latent batch drawn."""
+    """Record every D/G step (counters, LRs, G weights after its batch) and every latent batch."""
     module.phase = None
-    for kind, name in (("d", "_discriminator_step"), ("g", "_generator_step")):
-        inner = getattr(module, name)
+    kinds = {"discriminator": "d", "generator": "g"}
+    ran: list[str] = []
+    run_phase, training_step = module._run_phase, module.training_step
 
-        def step(*args, _inner=inner, _kind=kind):
-            module.phase = _kind
-            out = _inner(*args)
-            module.phase = None
-            c = module.counters
+    def phase_step(phase, *args):
+        module.phase = kinds[phase.name]
+        run_phase(phase, *args)
+        module.phase = None
+        ran.append(kinds[phase.name])
+
+    def step(*args):
+        training_step(*args)
+        c = module.counters
+        for kind in ran:
             params = [p.detach().clone() for p in module.generator.parameters()]
             events.append(
                 SimpleNamespace(
-                    kind=_kind, d=c.d_steps, g=c.g_steps, lrs=_lrs(module), params=params
+                    kind=kind, d=c.d_steps, g=c.g_steps, lrs=_lrs(module), params=params
                 )
             )
-            return out
+        ran.clear()
 
-        setattr(module, name, step)
+    module._run_phase, module.training_step = phase_step, step
     draw = module.draw_latent
 
     def draw_latent(n):
@@ -199,14 +205,16 @@ def test_weight_clip_applies_after_every_critic_step_and_to_the_critic_only(fit)
     clipped = []
 
     def watch(module):
-        inner = module._discriminator_step
+        inner = module._run_phase
 
-        def step(*args):
-            out = inner(*args)
-            clipped.append(max(p.abs().max().item() for p in module.discriminator.parameters()))
-            return out
+        def step(phase, *args):
+            inner(phase, *args)
+            if phase.name == "discriminator":
+                clipped.append(
+                    max(p.abs().max().item() for p in module.discriminator.parameters())
+                )
 
-        module._discriminator_step = step
+        module._run_phase = step
 
     module, *_ = fit(
         "objective=wasserstein", "regularizer=[weight_clip]", "n_critic=3", "train.g_steps=2",

@@ -120,7 +120,7 @@ def test_bf16_mixed_keeps_the_penalty_in_float32_and_clips_unscaled_norms(make_c
     record = fit(make_cfg, monkeypatch, "trainer.precision=bf16-mixed", "train.g_steps=3")
     assert record.module.counters.d_steps == 15 and record.module.counters.g_steps == 3
     metrics = record.trainer.callback_metrics
-    for key in ("train/d_loss", "train/g_loss", "train/reg/gradient_penalty"):
+    for key in ("train/d_loss", "train/g_loss", "train/discriminator/gradient_penalty"):
         assert math.isfinite(float(metrics[key])), key
     check_penalty_in_float32(record, torch.bfloat16)
     check_clipped_after_unscaling(record)
@@ -139,7 +139,7 @@ def test_fp16_with_a_grad_scaler_steps_both_optimizers_and_clips_after_unscaling
     assert record.module.counters.d_steps == 8 and record.module.counters.g_steps == 4
     assert scaler.get_scale() >= 1024 / 2**4  # at most a few overflow back-offs
     metrics = record.trainer.callback_metrics
-    for key in ("train/d_loss", "train/g_loss", "train/reg/gradient_penalty"):
+    for key in ("train/d_loss", "train/g_loss", "train/discriminator/gradient_penalty"):
         assert math.isfinite(float(metrics[key])), key
     check_penalty_in_float32(record, torch.float16)
     check_clipped_after_unscaling(record)

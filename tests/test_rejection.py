@@ -87,8 +87,11 @@ def test_objectives_say_the_log_density_ratio_their_optimal_critic_encodes() -> 
 
 
 def test_a_critic_without_a_density_ratio_is_refused_by_name() -> None:
-    class WassersteinModel:
+    class WassersteinGame:
         objective = Wasserstein()
+
+    class WassersteinModel:
+        game = WassersteinGame()
 
     with pytest.raises(UserError, match=r"objective \(Wasserstein\).*non_saturating"):
         log_ratio_of(WassersteinModel())

@@ -210,7 +210,7 @@ def _nan_loss_at(monkeypatch, d_step: int) -> None:
 
     def build(cfg):
         module = build_module(cfg)
-        loss = module.objective.discriminator_loss
+        loss = module.game.objective.discriminator_loss
 
         def poisoned(real, fake):
             value = loss(real, fake)
@@ -219,7 +219,7 @@ def _nan_loss_at(monkeypatch, d_step: int) -> None:
                 return value * float("nan")
             return value
 
-        module.objective.discriminator_loss = poisoned
+        module.game.objective.discriminator_loss = poisoned
         return module
 
     monkeypatch.setattr(train_py, "build_module", build)
@@ -235,7 +235,8 @@ def test_guard_stops_naming_the_loss_and_steps_and_keeps_the_good_checkpoint(
     with pytest.raises(UserError) as stopped:
         _run(tmp_path / "run", *GUARDED, "train.g_steps=40")
     message = str(stopped.value)
-    assert "train/d_loss became non-finite between g_steps=10 and 15" in message
+    # The first term that went non-finite, by phase.
+    assert "train/discriminator/adversarial became non-finite between g_steps=10 and 15" in message
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["gan_runner"]["counters"]["g_steps"] == 10
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())

@@ -1,7 +1,7 @@
-"""GANModule: two players, their alternation, and the counters that schedule a run.
+"""GANModule: runs a game's phases, keeps the counters that schedule a run, and saves it all.
 
-One LightningModule for every recipe. What differs between papers (networks, objective,
-regularizers, optimizers, critic schedule) comes in as objects; this file never asks which.
+One LightningModule for every GAN family. What differs between papers (networks, players, phases,
+loss terms, optimizers) comes in as objects and config; this file never asks which.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from functools import reduce
+from operator import add
 from typing import Any
 
 import lightning.pytorch as pl
@@ -18,63 +20,40 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from gan_runner.errors import UserError
-from gan_runner.objectives import Objective
-from gan_runner.regularizers import PenaltyInputs, Regularizer
+from gan_runner.games.base import CriticSchedule, Game, Phase, player_parameters
+
+__all__ = ["CHECKPOINT_KEY", "Counters", "CriticSchedule", "GANModule"]
 
 CHECKPOINT_KEY = "gan_runner"
 CHECKPOINT_FORMAT = 2  # 2: random states per rank
 FIXED_LATENT_SEED_OFFSET = 1_000_003
 
 
-@dataclass(frozen=True)
-class CriticSchedule:
-    """How many discriminator steps precede each generator step.
-
-    `boost_*` reproduces Arjovsky et al. 2017's schedule: `boost_n_critic` critic steps for the
-    first `boost_first_g_steps` generator steps and at every `boost_every_g_steps`-th one.
-    """
-
-    n_critic: int = 1
-    boost_n_critic: int = 0
-    boost_first_g_steps: int = 0
-    boost_every_g_steps: int = 0
-
-    def __post_init__(self) -> None:
-        if self.n_critic < 1:
-            raise ValueError(f"n_critic must be >= 1, got {self.n_critic}")
-
-    def critic_steps(self, g_steps: int) -> int:
-        boosted = g_steps < self.boost_first_g_steps or (
-            self.boost_every_g_steps > 0 and g_steps % self.boost_every_g_steps == 0
-        )
-        return self.boost_n_critic if self.boost_n_critic and boosted else self.n_critic
-
-
 @dataclass
 class Counters:
-    """Progress in the units a GAN run is scheduled in (not Lightning's global_step)."""
+    """Progress in the units a GAN run is scheduled in (not Lightning's global_step).
+
+    A batch is one discriminator step (`d_steps`); a cycle of n_critic batches ends with the
+    generator's step (`g_steps`), whatever the game's phase order.
+    """
 
     d_steps: int = 0
     g_steps: int = 0
-    critic_steps_since_g: int = 0  # the n_critic phase, so a resume continues mid-cycle
+    critic_steps_since_g: int = 0  # batches into the current cycle, so a resume continues there
     images_seen: int = 0  # real samples consumed by the discriminator, over all ranks
 
 
 class GANModule(pl.LightningModule):
-    """Trains a generator against a discriminator with manual optimization."""
+    """Trains a game's players, phase by phase, with manual optimization."""
 
     def __init__(
         self,
-        generator: nn.Module,
-        discriminator: nn.Module,
-        objective: Objective,
+        networks: Mapping[str, nn.Module],
+        game: Game,
+        optimizers: Mapping[str, Callable[..., Optimizer]],
         latent: Any,
         z_dim: int,
-        generator_optimizer: Callable[..., Optimizer],
-        discriminator_optimizer: Callable[..., Optimizer],
-        regularizers: Mapping[str, Regularizer] | None = None,
         schedule: Callable[[Optimizer], Any] | None = None,
-        critic_schedule: CriticSchedule | None = None,
         num_classes: int = 0,
         log_every: int = 50,
         grad_clip: Mapping[str, float | None] | None = None,
@@ -84,17 +63,25 @@ class GANModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-        self.generator, self.discriminator = generator, discriminator
-        self.objective, self.latent, self.z_dim = objective, latent, z_dim
-        self.regularizers = dict(regularizers or {})
-        self.make_generator_optimizer = generator_optimizer
-        self.make_discriminator_optimizer = discriminator_optimizer
+        for name, network in networks.items():  # state_dict keys: <network>.<parameter>
+            self.add_module(name, network)
+        self.network_names = tuple(networks)
+        self.game, self.latent, self.z_dim = game, latent, z_dim
+        self.players = dict(game.players)
+        player_parameters(self, self.players, self.network_names)  # refuses a non-partition
+        missing = [player for player in self.players if player not in optimizers]
+        if missing:
+            raise ValueError(
+                f"player {missing[0]} has no optimizer; add optimizer.{missing[0]} (the "
+                f"optimizer group holds one per player: {', '.join(optimizers)})"
+            )
+        self.optimizer_factories = {name: optimizers[name] for name in self.players}
         self.make_schedule = schedule
-        self.critic_schedule = critic_schedule or CriticSchedule()
         self.num_classes, self.log_every, self.seed = num_classes, log_every, seed
         self.grad_clip = dict(grad_clip or {})
         self.run_config = run_config or {}
         self.counters = Counters()
+        self.phase_due = {phase.name: 0 for phase in game.phases}  # lazy phases' cadence
         self.noise: torch.Generator | None = None
         self._grad_norms: dict[str, Tensor] = {}
         self.logs_this_step = self.step_was_generator = False
@@ -103,7 +90,7 @@ class GANModule(pl.LightningModule):
         # comparable across resumes and the EMA generator draws the same points.
         # Offset from the run seed so the grid's z is not the first training batch's z.
         fixed = torch.Generator().manual_seed(seed + FIXED_LATENT_SEED_OFFSET)
-        self.register_buffer("fixed_latent", latent.sample(n_fixed_samples, z_dim, fixed))
+        self.register_buffer("fixed_latent", game.draw_latent(self, n_fixed_samples, fixed)[0])
         labels = torch.arange(n_fixed_samples) % num_classes if num_classes else torch.empty(0)
         self.register_buffer("fixed_labels", labels.long())
 
@@ -115,12 +102,8 @@ class GANModule(pl.LightningModule):
         return self.generator if ema is None else ema
 
     def draw_latent(self, n: int) -> tuple[Tensor, Tensor | None]:
-        """Latent codes (and uniform class labels when conditional) from the run's generator."""
-        z = self.latent.sample(n, self.z_dim, self.noise)
-        if not self.num_classes:
-            return z, None
-        labels = torch.randint(self.num_classes, (n,), generator=self.noise, device=z.device)
-        return z, labels
+        """Latent codes (and class labels when conditional) from the run's noise stream."""
+        return self.game.draw_latent(self, n, self.noise)
 
     @torch.no_grad()
     def sample(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -147,79 +130,55 @@ class GANModule(pl.LightningModule):
                 self.noise.set_state(self._pending_noise_state)
                 self._pending_noise_state = None
 
-    def critic(self, samples: Tensor, labels: Tensor | None) -> Tensor:
-        return self.discriminator(samples, labels if self.num_classes else None)
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        real, real_labels = batch["samples"], batch.get("labels")
-        g_step_due = self.counters.critic_steps_since_g + 1 >= self.critic_schedule.critic_steps(
-            self.counters.g_steps
-        )
-        self.logs_this_step = g_step_due and (self.counters.g_steps + 1) % self.log_every == 0
-        self.step_was_generator = g_step_due
-        logs = self._discriminator_step(real, real_labels)
-        if g_step_due:
-            logs.update(self._generator_step(real, real_labels))
+        counters = self.counters
+        repeats = [phase.schedule.critic_steps(counters.g_steps) for phase in self.game.phases]
+        batches_left = max(repeats) - counters.critic_steps_since_g  # in this cycle, this one too
+        cycle_ends = batches_left <= 1
+        self.logs_this_step = cycle_ends and (counters.g_steps + 1) % self.log_every == 0
+        self.step_was_generator = cycle_ends
+        self.game.rollout(batch, self)
+        logs: dict[str, Tensor] = {}
+        optimizers = self._optimizers_by_player
+        for phase, phase_repeats in zip(self.game.phases, repeats):
+            if batches_left <= phase_repeats:  # a phase steps on its cycle's last r batches
+                self._run_phase(phase, batch, optimizers[phase.player], logs)
+        counters.d_steps += 1
+        counters.images_seen += batch["samples"].shape[0] * self.trainer.world_size
+        if cycle_ends:
+            for scheduler in self._schedulers():
+                scheduler.step()  # schedules advance in generator steps (cycles)
+            counters.g_steps += 1
+            counters.critic_steps_since_g = 0
+        else:
+            counters.critic_steps_since_g += 1
         self.step_losses = logs  # device tensors: the divergence guard checks them unsynced
         if self.logs_this_step:
             self._log_step(logs)
 
-    def _discriminator_step(self, real: Tensor, real_labels: Tensor | None) -> dict[str, Tensor]:
-        d_opt, _ = self.optimizers()
-        z, fake_labels = self.draw_latent(real.shape[0])
-        # No graph through G for the critic's step. no_grad, not only the toggle's frozen
-        # weights: torch.compile guards on grad mode, while torch 2.11 reused G's graph traced
-        # here (weights frozen) in the generator step, whose loss then had no grad_fn.
-        with self.toggled_optimizer(d_opt):
-            with torch.no_grad():
-                fake = self.generator(z, fake_labels)
-            real_scores = self.critic(real, real_labels).float()
-            fake_scores = self.critic(fake, fake_labels).float()
-            loss = self.objective.discriminator_loss(real_scores, fake_scores)
-            logs = {"d_loss": loss.detach()}
-            inputs = PenaltyInputs(
-                self.critic,
-                real,
-                fake,
-                real_labels,
-                fake_labels,
-                self.counters.d_steps,
-                self.noise,
-            )
-            for name, regularizer in self.regularizers.items():
-                term = regularizer.discriminator_penalty(inputs)
-                if term is not None:
-                    loss = loss + term
-                    logs[f"reg/{name}"] = term.detach()
-            d_opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            d_opt.step()
-        for regularizer in self.regularizers.values():
-            regularizer.after_discriminator_step(self.discriminator)
-        self.counters.d_steps += 1
-        self.counters.critic_steps_since_g += 1
-        self.counters.images_seen += real.shape[0] * self.trainer.world_size
-        logs.update(d_real=real_scores.detach().mean(), d_fake=fake_scores.detach().mean())
-        return logs
-
-    def _generator_step(self, real: Tensor, real_labels: Tensor | None) -> dict[str, Tensor]:
-        _, g_opt = self.optimizers()
-        z, fake_labels = self.draw_latent(real.shape[0])
-        # Toggling freezes D: gradients flow through it to G but D's weights get none.
-        with self.toggled_optimizer(g_opt):
-            fake_scores = self.critic(self.generator(z, fake_labels), fake_labels).float()
-            real_scores = None
-            if getattr(self.objective, "generator_needs_real", False):
-                real_scores = self.critic(real, real_labels).float()
-            loss = self.objective.generator_loss(fake_scores, real_scores)
-            g_opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            g_opt.step()
-        for scheduler in self._schedulers():
-            scheduler.step()  # schedules advance in generator steps
-        self.counters.g_steps += 1
-        self.counters.critic_steps_since_g = 0
-        return {"g_loss": loss.detach()}
+    def _run_phase(
+        self, phase: Phase, batch: dict[str, Tensor], optimizer: Any, logs: dict[str, Tensor]
+    ) -> None:
+        """One optimizer step of the phase's player, unless lazy-idle or no term is active."""
+        due = self.phase_due[phase.name]
+        self.phase_due[phase.name] = due + 1
+        if due % phase.every:
+            return
+        # Toggling freezes the other players: gradients flow through them, their weights get none.
+        with self.toggled_optimizer(optimizer):
+            terms = self.game.terms(phase, batch, self, phase.every)
+            active = {name: loss for name, loss in terms.losses.items() if loss is not None}
+            if not active:  # stepping with no gradients would crash 16-mixed AMP
+                return
+            total = reduce(add, active.values())
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(total)
+            optimizer.step()
+        self.game.after_step(phase, self)
+        logs.update({f"{phase.name}/{name}": loss.detach() for name, loss in active.items()})
+        if phase.total_as:
+            logs[phase.total_as] = total.detach()
+        logs.update(terms.logs)
 
     def _schedulers(self) -> list:
         schedulers = self.lr_schedulers()
@@ -256,7 +215,7 @@ class GANModule(pl.LightningModule):
         values["train/g_steps"] = float(self.counters.g_steps)
         values["train/d_steps"] = float(self.counters.d_steps)
         values["train/kimg"] = self.counters.images_seen / 1000.0
-        for opt_name, opt in zip(("discriminator", "generator"), self.optimizers()):
+        for opt_name, opt in self._optimizers_by_player.items():
             values[f"train/lr/{opt_name}"] = float(opt.param_groups[0]["lr"])
         values = {key: float(value) for key, value in values.items()}  # one host sync per log
         # Straight to the loggers with step = generator steps: Lightning's own step counts
@@ -269,13 +228,19 @@ class GANModule(pl.LightningModule):
         self._grad_norms.clear()
 
     def configure_optimizers(self) -> Any:
-        # Only G's and D's own parameters: never self.parameters(), which holds the EMA copy.
-        d_opt = self.make_discriminator_optimizer(self.discriminator.parameters())
-        g_opt = self.make_generator_optimizer(self.generator.parameters())
-        self._optimizer_names = {id(d_opt): "discriminator", id(g_opt): "generator"}
+        # Each player's own networks only: never self.parameters(), which holds the EMA copy.
+        owned = player_parameters(self, self.players, self.network_names)
+        optimizers = [self.optimizer_factories[player](owned[player]) for player in self.players]
+        self._optimizer_names = {id(opt): name for name, opt in zip(self.players, optimizers)}
         if self.make_schedule is None:
-            return [d_opt, g_opt]
-        return [d_opt, g_opt], [self.make_schedule(d_opt), self.make_schedule(g_opt)]
+            return optimizers
+        return optimizers, [self.make_schedule(opt) for opt in optimizers]
+
+    @property
+    def _optimizers_by_player(self) -> dict[str, Optimizer]:
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        return dict(zip(self.players, optimizers))
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -290,6 +255,8 @@ class GANModule(pl.LightningModule):
             "counters": asdict(self.counters),
             "ranks": self._gather_from_ranks(mine),
             "config": self.run_config,
+            "phase_due": dict(self.phase_due),
+            "game": self.game.state_dict(),
         }
 
     def _gather_from_ranks(self, state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -310,6 +277,9 @@ class GANModule(pl.LightningModule):
                 f"'{CHECKPOINT_KEY}' format {CHECKPOINT_FORMAT} entry); pass a gan-run checkpoint"
             )
         self.counters = Counters(**state["counters"])
+        # Checkpoints from before phases had no lazy phase: every phase was due each time.
+        self.phase_due.update(state.get("phase_due", {}))
+        self.game.load_state_dict(state.get("game", {}))
         ranks = state["ranks"]
         rank = self._trainer.global_rank if self._trainer is not None else 0
         mine = ranks[rank] if rank < len(ranks) else None

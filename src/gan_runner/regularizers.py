@@ -43,6 +43,10 @@ class Regularizer:
         """A term added to the discriminator's loss, or None when it skips this step."""
         return None
 
+    def generator_penalty(self, generator: nn.Module) -> Tensor | None:
+        """A term added to the generator's loss, or None when it has none this step."""
+        return None
+
     def after_discriminator_step(self, discriminator: nn.Module) -> None:
         """A constraint applied to the critic after each of its optimizer steps."""
 

@@ -124,10 +124,11 @@ def log_ratio_of(module: Any) -> LogRatio:
     Only objectives whose optimal critic is a known function of the density ratio can say it
     (`Objective.log_density_ratio`); Wasserstein and hinge critics cannot.
     """
-    objective = module.objective
-    probe = objective.log_density_ratio(torch.zeros(1))
+    game = module.game
+    objective = getattr(game, "objective", None)
+    probe = objective.log_density_ratio(torch.zeros(1)) if objective is not None else None
     if probe is None:
-        name = type(objective).__name__
+        name = type(objective or game).__name__
         raise UserError(
             f"rejection sampling needs a discriminator that estimates p_data / p_g, but this "
             f"model's objective ({name}) does not; use a model trained with objective="
@@ -141,7 +142,8 @@ def log_ratio_of(module: Any) -> LogRatio:
         discriminator.eval()
         try:
             device_labels = labels.to(module.device) if labels is not None else None
-            scores = module.critic(samples.to(module.device), device_labels).float().flatten()
+            scores = game.critic(module, samples.to(module.device), device_labels)
+            scores = scores.float().flatten()
         finally:
             discriminator.train(was_training)
         return objective.log_density_ratio(scores).cpu()

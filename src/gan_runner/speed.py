@@ -65,17 +65,16 @@ def apply_speed_options(module: Any, settings: SpeedSettings | Mapping[str, Any]
 
 
 def prefer_fused_optimizers_on_gpu(module: Any) -> None:
-    """Build G's and D's optimizers fused when their players train on a CUDA GPU.
+    """Build every player's optimizer fused when the players train on a CUDA GPU.
 
     Measured on an H100 (README, "Benchmarks"): against foreach, torch's GPU default, gan-run ran
     1.103x (3x512 MLP), 1.046x (WGAN-GP DCGAN) and 1.009x (digits DCGAN) as fast. On a CPU it
     gained 1.035x and would change every CPU result, so CPUs keep torch's default.
     The decision waits for the optimizers to be built, after Lightning has moved the players.
     """
-    for attr in ("make_generator_optimizer", "make_discriminator_optimizer"):
-        make = getattr(module, attr)
+    for player, make in module.optimizer_factories.items():
         if not isinstance(make, FusedOnGPU):  # idempotent
-            setattr(module, attr, FusedOnGPU(make))
+            module.optimizer_factories[player] = FusedOnGPU(make)
 
 
 class FusedOnGPU:
@@ -129,22 +128,17 @@ def set_tf32(enabled: bool) -> None:
 
 
 def compile_networks(module: Any) -> None:
-    """torch.compile G and D in place; a critic under an input-gradient penalty stays eager."""
-    per_sample = [
-        name
-        for name, regularizer in getattr(module, "regularizers", {}).items()
-        if getattr(regularizer, "per_sample_gradient", False)
-    ]
-    nets: list[nn.Module] = [module.generator]
-    if per_sample:
-        # AOTAutograd has no double backward, which the penalty's create_graph=True needs.
+    """torch.compile every network in place; one the game double-differentiates stays eager."""
+    eager = module.game.double_backward_networks()
+    nets: list[nn.Module] = [getattr(module, n) for n in module.network_names if n not in eager]
+    for name, reason in eager.items():
+        # AOTAutograd has no double backward, which an input-gradient penalty needs.
         log.warning(
-            "speed.compile: the discriminator stays uncompiled because regularizer=%s "
-            "differentiates its input gradient (torch.compile has no double backward)",
-            per_sample[0],
+            "speed.compile: the %s stays uncompiled because %s differentiates its input "
+            "gradient (torch.compile has no double backward)",
+            name,
+            reason,
         )
-    else:
-        nets.append(module.discriminator)
     for net in nets:
         if getattr(net, "_compiled_call_impl", None) is None:
             net.compile()

@@ -33,7 +33,7 @@ from gan_runner.config import (
 )
 from gan_runner.errors import UserError
 from gan_runner.loggers import fail_soft, finish_wandb
-from gan_runner.module import CHECKPOINT_KEY, Counters, CriticSchedule, GANModule
+from gan_runner.module import CHECKPOINT_KEY, Counters, GANModule
 from gan_runner.resume import ResumePlan, plan_resume, trim_history
 from gan_runner.speed import apply_speed_options
 
@@ -98,26 +98,34 @@ def build_module(cfg: DictConfig) -> GANModule:
             "one; use objective=wasserstein or drop weight_clip",
             chosen_option(cfg, "objective"),
         )
-    boost = settings.n_critic_boost
-    return GANModule(
-        generator=build(cfg.arch, "generator"),
-        discriminator=build_discriminator(cfg, regularizers),
-        objective=objective,
-        latent=build(cfg, "latent"),
-        z_dim=settings.z_dim,
-        generator_optimizer=build(cfg.optimizer, "generator"),
-        discriminator_optimizer=build(cfg.optimizer, "discriminator"),
-        regularizers=regularizers,
-        schedule=build(cfg, "schedule") if cfg.get("schedule") else None,
-        critic_schedule=CriticSchedule(
-            settings.n_critic, boost.n_critic, boost.first_g_steps, boost.every_g_steps
-        ),
-        num_classes=settings.num_classes,
-        log_every=settings.train.log_every,
-        grad_clip=asdict(settings.grad_clip),
-        seed=settings.seed,
-        run_config=OmegaConf.to_container(cfg, resolve=True),
-    )
+    terms = {name: build(cfg.terms, name) for name in cfg.get("terms") or {}}
+    game = build(cfg, "game", objective=objective, regularizers=regularizers, terms=terms)
+    networks = {  # G first, then D: the order their weights are initialized in
+        "generator": build(cfg.arch, "generator"),
+        "discriminator": build_discriminator(cfg, regularizers),
+    }
+    for name, node in cfg.arch.items():  # a game's further networks (an encoder, a Q head)
+        if name not in networks and isinstance(node, DictConfig) and "_target_" in node:
+            networks[name] = build(cfg.arch, name)
+    optimizers = {p: build(cfg.optimizer, p) for p in game.players if p in cfg.optimizer}
+    try:
+        module = GANModule(
+            networks=networks,
+            game=game,
+            optimizers=optimizers,
+            latent=build(cfg, "latent"),
+            z_dim=settings.z_dim,
+            schedule=build(cfg, "schedule") if cfg.get("schedule") else None,
+            num_classes=settings.num_classes,
+            log_every=settings.train.log_every,
+            grad_clip=asdict(settings.grad_clip),
+            seed=settings.seed,
+            run_config=OmegaConf.to_container(cfg, resolve=True),
+        )
+        game.check(module)
+    except ValueError as error:  # players that do not partition the networks, a missing head
+        raise UserError(f"game: {error}") from None
+    return module
 
 
 class StopAtGSteps(pl.Callback):

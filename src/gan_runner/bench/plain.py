@@ -1,9 +1,10 @@
 """The baseline of `make bench`: the same GAN trained by a minimal hand-written PyTorch loop.
 
-It takes its networks, objective, regularizers, latent, optimizers and critic schedule from a
-`GANModule` built from the same composed config, batches the same in-memory tensors with the
-same seeded sampler, and draws its noise from the same seeded stream in the same order, so
-after the same number of steps it holds the same weights as gan-run (tests/test_bench.py).
+It takes its networks, latent and optimizers, and its adversarial game's objective, regularizers
+and critic schedule, from a `GANModule` built from the same composed config, batches the same
+in-memory tensors with the same seeded sampler, and draws its noise from the same seeded stream
+in the same order, so after the same number of steps it holds the same weights as gan-run
+(tests/test_bench.py).
 """
 
 from __future__ import annotations
@@ -59,14 +60,18 @@ class PlainLoop:
     ) -> None:
         self.m = module.to(device)
         self.g, self.d = module.generator, module.discriminator
-        self.d_opt = module.make_discriminator_optimizer(self.d.parameters())
-        self.g_opt = module.make_generator_optimizer(self.g.parameters())
+        make = module.optimizer_factories
+        self.d_opt = make["discriminator"](self.d.parameters())
+        self.g_opt = make["generator"](self.g.parameters())
         make = module.make_schedule
         self.schedulers = [make(self.d_opt), make(self.g_opt)] if make else []
         self.noise = torch.Generator(device=device).manual_seed(module.seed)
         self.batches = index_batches(data, batch_size, module.seed)
         self.set_to_none, self.device, self.autocast = set_to_none, device, autocast
         self.d_steps = self.g_steps = self.since_g = 0
+        # The adversarial game's parts: its objective, penalties and the critic's n_critic.
+        self.objective, self.regularizers = module.game.objective, module.game.regularizers
+        self.critic_schedule = module.game.phases[0].schedule
 
     def latent(self, n: int) -> tuple[Tensor, Tensor | None]:
         z = self.m.latent.sample(n, self.m.z_dim, self.noise)
@@ -87,7 +92,7 @@ class PlainLoop:
             self._step(real, labels)
 
     def _step(self, real: Tensor, labels: Tensor | None) -> None:
-        due = self.since_g + 1 >= self.m.critic_schedule.critic_steps(self.g_steps)
+        due = self.since_g + 1 >= self.critic_schedule.critic_steps(self.g_steps)
         log = due and (self.g_steps + 1) % self.m.log_every == 0
         logs = self.d_step(real, labels, log)
         if due:
@@ -101,18 +106,18 @@ class PlainLoop:
             fake = self.g(z, fake_labels)
         real_scores = self.critic(real, labels).float()
         fake_scores = self.critic(fake, fake_labels).float()
-        loss = self.m.objective.discriminator_loss(real_scores, fake_scores)
+        loss = self.objective.discriminator_loss(real_scores, fake_scores)
         logs = {"d_loss": loss.detach()}
         inputs = PenaltyInputs(
             self.critic, real, fake, labels, fake_labels, self.d_steps, self.noise
         )
-        for name, regularizer in self.m.regularizers.items():
+        for name, regularizer in self.regularizers.items():
             term = regularizer.discriminator_penalty(inputs)
             if term is not None:
                 loss = loss + term
                 logs[f"reg/{name}"] = term.detach()
         self._update(self.d_opt, loss, logs if log else None, "discriminator")
-        for regularizer in self.m.regularizers.values():
+        for regularizer in self.regularizers.values():
             regularizer.after_discriminator_step(self.d)
         self.d_steps += 1
         self.since_g += 1
@@ -124,9 +129,9 @@ class PlainLoop:
         with frozen(self.d):
             fake_scores = self.critic(self.g(z, fake_labels), fake_labels).float()
             real_scores = None
-            if getattr(self.m.objective, "generator_needs_real", False):
+            if getattr(self.objective, "generator_needs_real", False):
                 real_scores = self.critic(real, labels).float()
-            loss = self.m.objective.generator_loss(fake_scores, real_scores)
+            loss = self.objective.generator_loss(fake_scores, real_scores)
             logs = {"g_loss": loss.detach()}
             self._update(self.g_opt, loss, logs if log else None, "generator")
         for scheduler in self.schedulers:

@@ -10,7 +10,7 @@ from gan_runner.plots import loss_curves
 
 
 class LossCurve(pl.Callback):
-    """Plots train/d_loss, train/g_loss and every regularizer term against generator steps."""
+    """Plots train/d_loss, train/g_loss and every phase's terms against generator steps."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
@@ -22,8 +22,9 @@ class LossCurve(pl.Callback):
         if g_steps == self._recorded_at or not pl_module.logs_this_step:
             return
         self._recorded_at = g_steps
+        phase_prefixes = tuple(f"train/{phase.name}/" for phase in pl_module.game.phases)
         for key, value in trainer.callback_metrics.items():
-            if key in ("train/d_loss", "train/g_loss") or key.startswith("train/reg/"):
+            if key in ("train/d_loss", "train/g_loss") or key.startswith(phase_prefixes):
                 self.history.setdefault(key.removeprefix("train/"), []).append(
                     (g_steps, float(value))
                 )

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from gan_runner.nets.layers import (
+    ConcatLabels,
+    CriticHeads,
+    CriticOutput,
     LabelEmbedding,
     ProjectionHead,
+    check_conditioning,
     check_image_shape,
     check_power_of_two_resolution,
     norm_2d,
@@ -79,7 +84,8 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """The DCGAN discriminator: strided convolutions and leaky ReLUs (Radford et al. 2016)."""
+    """The DCGAN discriminator: strided convolutions and leaky ReLUs (Radford et al. 2016),
+    conditioned by projection or by one-hot label maps joined to the input image."""
 
     def __init__(
         self,
@@ -89,13 +95,18 @@ class DCGANDiscriminator(nn.Module):
         norm: str = "batch",
         num_classes: int = 0,
         negative_slope: float = 0.2,
+        conditioning: str = "projection",
+        heads: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        check_conditioning(conditioning)
+        concat = bool(num_classes) and conditioning == "concat"
         channels, widths = _widths(data_shape, base_width, max_width)
         widths = widths[::-1]  # resolution/2 down to 4x4
         bias = norm == "none"
+        in_channels = channels + (num_classes if concat else 0)
         # No norm on the input layer: the paper found it made training unstable (§3).
-        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 4, 2, 1)]
         layers.append(nn.LeakyReLU(negative_slope))
         for fan_in, fan_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Conv2d(fan_in, fan_out, 4, 2, 1, bias=bias), norm_2d(norm, fan_out)]
@@ -103,12 +114,21 @@ class DCGANDiscriminator(nn.Module):
         self.features = nn.Sequential(*layers)
         # The 4x4 conv is a linear map of the flattened 4x4 features, which projection shares.
         self.score = nn.Conv2d(widths[-1], 1, 4, 1, 0)
-        self.projection = ProjectionHead(num_classes, widths[-1] * 16) if num_classes else None
+        projection = num_classes and not concat
+        self.projection = ProjectionHead(num_classes, widths[-1] * 16) if projection else None
+        self.concat = ConcatLabels(num_classes) if concat else None
         _init_weights(self)
+        self.heads = CriticHeads(widths[-1] * 16, heads) if heads else None
 
-    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+    def outputs(self, x: Tensor, labels: Tensor | None = None) -> CriticOutput:
+        if self.concat is not None:
+            x = self.concat(x, labels)
         h = self.features(x)
         scores = self.score(h).flatten()
+        flat = h.flatten(1)
         if self.projection is not None:
-            scores = scores + self.projection(h.flatten(1), labels)
-        return scores
+            scores = scores + self.projection(flat, labels)
+        return CriticOutput(scores, flat, self.heads(flat) if self.heads is not None else {})
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.outputs(x, labels).scores

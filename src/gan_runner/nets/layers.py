@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 NORMS_1D = ("batch", "layer", "none")
@@ -96,3 +100,66 @@ class ConditionalBatchNorm2d(nn.Module):
     def forward(self, x: Tensor, labels: Tensor) -> Tensor:
         scale, shift = self.scale(labels)[:, :, None, None], self.shift(labels)[:, :, None, None]
         return self.norm(x) * scale + shift
+
+
+@dataclass
+class CriticOutput:
+    """What a critic computes on a batch: its scores, the trunk's features and any heads."""
+
+    scores: Tensor  # (N,)
+    features: Tensor  # (N, F): the last hidden layer, flattened (feature matching reads it)
+    heads: dict[str, Tensor] = field(default_factory=dict)  # class logits, code predictions
+
+
+class CriticHeads(nn.Module):
+    """Extra outputs on a critic's features: `{name: size}` (a linear map) or `{name: {size,
+    hidden}}` (an MLP with BatchNorm and leaky ReLUs, InfoGAN's Q head)."""
+
+    def __init__(self, features: int, heads: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict()
+        for name, spec in (heads or {}).items():
+            spec = {"size": spec} if isinstance(spec, int) else dict(spec)
+            unknown = set(spec) - {"size", "hidden"}
+            if unknown or "size" not in spec or int(spec["size"]) < 1:
+                raise ValueError(
+                    f"head {name}: give a size >= 1, as {name}: 10 or {name}: "
+                    f"{{size: 10, hidden: [128]}}; got {spec}"
+                )
+            layers: list[nn.Module] = []
+            width = features
+            for hidden in spec.get("hidden") or []:
+                layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.1)]
+                width = hidden
+            layers.append(nn.Linear(width, int(spec["size"])))
+            self.heads[name] = nn.Sequential(*layers) if len(layers) > 1 else layers[0]
+
+    def forward(self, features: Tensor) -> dict[str, Tensor]:
+        return {name: head(features) for name, head in self.heads.items()}
+
+
+class ConcatLabels(nn.Module):
+    """One-hot labels joined to the critic's input: as features (flat) or as constant maps
+    (images), the conditional GAN of Mirza & Osindero 2014."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
+        one_hot = F.one_hot(labels, self.num_classes).to(x.dtype)
+        if x.dim() == 2:
+            return torch.cat([x, one_hot], dim=1)
+        maps = one_hot[:, :, None, None].expand(-1, -1, *x.shape[2:])
+        return torch.cat([x, maps], dim=1)
+
+
+CONDITIONING = ("projection", "concat")
+
+
+def check_conditioning(conditioning: str) -> str:
+    if conditioning not in CONDITIONING:
+        raise ValueError(
+            f"conditioning must be one of {', '.join(CONDITIONING)}, got {conditioning!r}"
+        )
+    return conditioning

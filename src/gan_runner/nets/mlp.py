@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from gan_runner.nets.layers import LabelEmbedding, ProjectionHead, norm_1d
+from gan_runner.nets.layers import (
+    ConcatLabels,
+    CriticHeads,
+    CriticOutput,
+    LabelEmbedding,
+    ProjectionHead,
+    check_conditioning,
+    norm_1d,
+)
 
 
 def _mlp(widths: Sequence[int], norm: str, activation: nn.Module) -> list[nn.Module]:
@@ -49,7 +58,8 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """A multilayer perceptron critic with leaky ReLUs and optional projection conditioning."""
+    """A multilayer perceptron critic with leaky ReLUs, conditioned by projection (Miyato &
+    Koyama 2018) or by one-hot labels joined to its input (Mirza & Osindero 2014)."""
 
     def __init__(
         self,
@@ -58,17 +68,30 @@ class MLPDiscriminator(nn.Module):
         norm: str = "none",
         num_classes: int = 0,
         negative_slope: float = 0.2,
+        conditioning: str = "projection",
+        heads: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        in_dim = math.prod(data_shape)
+        check_conditioning(conditioning)
+        concat = bool(num_classes) and conditioning == "concat"
+        in_dim = math.prod(data_shape) + (num_classes if concat else 0)
         self.features = nn.Sequential(*_mlp([in_dim, *hidden], norm, nn.LeakyReLU(negative_slope)))
         width = hidden[-1] if hidden else in_dim
         self.score = nn.Linear(width, 1)
-        self.projection = ProjectionHead(num_classes, width) if num_classes else None
+        projection = num_classes and not concat
+        self.projection = ProjectionHead(num_classes, width) if projection else None
+        self.concat = ConcatLabels(num_classes) if concat else None
+        self.heads = CriticHeads(width, heads) if heads else None
 
-    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        h = self.features(x.flatten(1))
+    def outputs(self, x: Tensor, labels: Tensor | None = None) -> CriticOutput:
+        x = x.flatten(1)
+        if self.concat is not None:
+            x = self.concat(x, labels)
+        h = self.features(x)
         scores = self.score(h).squeeze(1)
         if self.projection is not None:
             scores = scores + self.projection(h, labels)
-        return scores
+        return CriticOutput(scores, h, self.heads(h) if self.heads is not None else {})
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.outputs(x, labels).scores

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_runner.nets.layers import (
     ConditionalBatchNorm2d,
+    CriticHeads,
+    CriticOutput,
     ProjectionHead,
+    check_conditioning,
     check_image_shape,
     check_power_of_two_resolution,
 )
@@ -133,8 +137,15 @@ class ResNetDiscriminator(nn.Module):
         width: int = 128,
         extra_blocks: int = 1,
         num_classes: int = 0,
+        conditioning: str = "projection",
+        heads: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if check_conditioning(conditioning) != "projection" and num_classes:
+            raise ValueError(
+                "the ResNet critic is conditioned by projection only; use arch=dcgan or "
+                "arch=mlp for conditioning=concat"
+            )
         channels, stages = _image_stages(data_shape, width)
         if extra_blocks < 0:
             raise ValueError(f"extra_blocks must be >= 0, got {extra_blocks}")
@@ -149,11 +160,15 @@ class ResNetDiscriminator(nn.Module):
         self.projection = ProjectionHead(num_classes, width) if num_classes else None
         if self.projection is not None:
             nn.init.xavier_uniform_(self.projection.embedding.weight)
+        self.heads = CriticHeads(width, heads) if heads else None
 
-    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+    def outputs(self, x: Tensor, labels: Tensor | None = None) -> CriticOutput:
         # Sum, not mean, pooling as in SNGAN's code, so its hinge margin and rates carry over.
         h = F.relu(self.blocks(x)).sum(dim=(2, 3))
         scores = self.score(h).squeeze(1)
         if self.projection is not None:
             scores = scores + self.projection(h, labels)
-        return scores
+        return CriticOutput(scores, h, self.heads(h) if self.heads is not None else {})
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.outputs(x, labels).scores
