@@ -37,7 +37,7 @@ class Term:
 
     def check(self, module: Any) -> None:
         """Refuse a run this term cannot work in (a missing head, no labels), in one line."""
-        critic_heads = getattr(getattr(module.discriminator, "heads", None), "heads", {})
+        critic_heads = getattr(module.discriminator, "heads", None) or {}
         for head in self.heads:
             if head not in critic_heads:
                 raise ValueError(

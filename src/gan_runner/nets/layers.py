@@ -111,13 +111,13 @@ class CriticOutput:
     heads: dict[str, Tensor] = field(default_factory=dict)  # class logits, code predictions
 
 
-class CriticHeads(nn.Module):
+class CriticHeads(nn.ModuleDict):
     """Extra outputs on a critic's features: `{name: size}` (a linear map) or `{name: {size,
-    hidden}}` (an MLP with BatchNorm and leaky ReLUs, InfoGAN's Q head)."""
+    hidden}}` (an MLP with BatchNorm and leaky ReLUs, InfoGAN's Q head). A player can own one
+    head apart from the trunk: `discriminator.heads.<name>` in game.players."""
 
     def __init__(self, features: int, heads: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        self.heads = nn.ModuleDict()
         for name, spec in (heads or {}).items():
             spec = {"size": spec} if isinstance(spec, int) else dict(spec)
             unknown = set(spec) - {"size", "hidden"}
@@ -132,10 +132,10 @@ class CriticHeads(nn.Module):
                 layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.1)]
                 width = hidden
             layers.append(nn.Linear(width, int(spec["size"])))
-            self.heads[name] = nn.Sequential(*layers) if len(layers) > 1 else layers[0]
+            self[name] = nn.Sequential(*layers) if len(layers) > 1 else layers[0]
 
     def forward(self, features: Tensor) -> dict[str, Tensor]:
-        return {name: head(features) for name, head in self.heads.items()}
+        return {name: head(features) for name, head in self.items()}
 
 
 class ConcatLabels(nn.Module):
