@@ -236,6 +236,10 @@ class GANModule(pl.LightningModule):
             return optimizers
         return optimizers, [self.make_schedule(opt) for opt in optimizers]
 
+    def parameters_of(self, player: str) -> list[nn.Parameter]:
+        """The parameters `player`'s optimizer steps (its networks less claimed submodules)."""
+        return player_parameters(self, self.players, self.network_names)[player]
+
     @property
     def _optimizers_by_player(self) -> dict[str, Optimizer]:
         optimizers = self.optimizers()
