@@ -63,7 +63,8 @@ def test_a_critic_without_a_density_ratio_gets_no_drs_row() -> None:
     from gan_runner.bench.quality import drs_scores
     from gan_runner.objectives import Hinge
 
-    assert drs_scores(SimpleNamespace(objective=Hinge()), source=None, seed=0) == {}
+    hinge_model = SimpleNamespace(game=SimpleNamespace(objective=Hinge()))
+    assert drs_scores(hinge_model, source=None, seed=0) == {}
 
 
 def test_single_seed_has_no_standard_error() -> None:

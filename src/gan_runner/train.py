@@ -337,7 +337,7 @@ def report(cfg: DictConfig, module: GANModule, callbacks: list, metrics: dict[st
     )
     shown = {k: v for k, v in sorted(metrics.items()) if not math.isnan(v)}
     if shown:
-        lines.append("Final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+        lines.append("Final metrics: " + ", ".join(f"{k}={v:.6g}" for k, v in shown.items()))
     for callback in callbacks:
         if isinstance(callback, SampleGrid) and callback.last_path:
             lines.append(f"Samples: {callback.last_path.resolve()}")
@@ -354,7 +354,7 @@ def _metrics_lines(callback: EvaluateMetrics) -> list[str]:
         lines.append(f"Metrics with provenance: {callback.results_path.resolve()}")
     if callback.best_value is not None and callback.best_path.is_file():
         lines.append(
-            f"Best checkpoint ({callback.best_metric}={callback.best_value:.4g} at g_steps="
+            f"Best checkpoint ({callback.best_metric}={callback.best_value:.6g} at g_steps="
             f"{callback.best_g_steps}): {callback.best_path.resolve()}"
         )
     return lines
