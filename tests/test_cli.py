@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 
-from conftest import call_console
+from conftest import call_console, options
 from gan_runner import cli
+from gan_runner.config import unused_additions
 
 GAN_RUN = str(Path(sys.executable).with_name("gan-run"))
 FAST = ["trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
@@ -151,7 +156,8 @@ def test_info_defaults_tree_and_help_are_hydras_own(monkeypatch, capsys, tmp_pat
     code, out, _ = run_in_process(monkeypatch, capsys, "model=sngan", "--info", "defaults-tree")
     assert code == 0 and "model: sngan" in out and "objective: hinge" in out
     code, out, _ = run_in_process(monkeypatch, capsys, "--help")
-    assert code == 0 and "model: dcgan, gan, lsgan, nsgan, sngan, wgan, wgan_gp" in out
+    assert code == 0 and f"model: {', '.join(options('model'))}" in out  # every recipe
+    assert {"dcgan", "gan", "lsgan", "nsgan", "sngan", "wgan", "wgan_gp"} <= set(options("model"))
 
 
 def test_shell_completion_script_is_available(monkeypatch, capsys, tmp_path):
@@ -193,3 +199,73 @@ def test_a_single_device_multirun_is_not_refused(monkeypatch, capsys, tmp_path) 
     )  # fmt: skip
     assert code == 0, err
     assert "Trained 2 generator steps" in out
+
+
+def unused(*overrides: str) -> list[str]:
+    """unused_additions for conf/train.yaml composed with overrides, as inside a gan-run job."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="gan_runner.conf", version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            with open_dict(cfg):
+                del cfg["hydra"]
+            return unused_additions(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("+anything=1", "+anything=1: no part of the run reads 'anything', so it changes nothing"),
+        ("+trian.g_steps=5", "did you mean 'train.g_steps'?"),
+        ("++trian.g_steps=5", "did you mean 'train.g_steps'?"),
+        ("+sed=3", "did you mean 'seed'?"),
+        (
+            "+optimizer.lr=0.1",
+            "did you mean 'optimizer.generator.lr' or 'optimizer.discriminator.lr'?",
+        ),
+        ("+arch.width=8", "no part of the run reads 'arch.width'"),  # arch.generator.* is read
+        ("+paths.extra=1", "no part of the run reads 'paths.extra'"),
+    ],
+)
+def test_an_added_key_that_nothing_reads_is_named_in_one_warning(override, expected) -> None:
+    lines = unused(override, "train.g_steps=2")
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert lines[0].startswith(f"{override}: ") and expected in lines[0], lines[0]
+    assert lines[0].endswith("training goes on without it"), lines[0]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["+trainer.detect_anomaly=true"],  # passed to lightning's Trainer
+        ["+data.source.foo=1"],  # refused by check_targets before anything is built
+        ["+train.foo=1"],  # refused by check_run_settings
+        ["+optimized_metric=val/rkl_2500"],  # a null key: + sets it
+        ["++seed=4"],  # ++ on an existing key: a plain override
+        ["+paths.extra=5", "seed=${paths.extra}"],  # read through an interpolation
+        ["+latent.foo=1"],  # under a _target_ node: its constructor's keys are checked
+    ],
+)
+def test_added_keys_that_the_run_reads_are_not_warned(overrides) -> None:
+    assert unused(*overrides) == []
+
+
+def test_gan_run_warns_about_unused_added_keys_and_trains(monkeypatch, capsys, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["+anything=1", "+trian.g_steps=5", "train.g_steps=2", "callbacks=none", *FAST]
+    code, out, err = run_in_process(monkeypatch, capsys, *args)
+    assert code == 0, err
+    warnings = [line for line in (out + err).splitlines() if "no part of the run reads" in line]
+    assert len(warnings) == 2, out + err
+    assert (
+        "[WARNING]" in warnings[0]
+        and "+anything=1: no part of the run reads 'anything'" in (warnings[0])
+    )
+    assert "+trian.g_steps=5: no part of the run reads 'trian.g_steps'" in warnings[1]
+    assert "did you mean 'train.g_steps'?" in warnings[1]
+    assert "Trained 2 generator steps" in out  # the run went on, with the default g_steps=2
+    log = only_run_folder(tmp_path) / "train.log"
+    assert "did you mean 'train.g_steps'?" in log.read_text()  # and the log file keeps it

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +20,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gan_runner.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -248,3 +252,155 @@ def chosen_option(cfg: DictConfig, group: str) -> str:
         return str(HydraConfig.get().runtime.choices.get(group))
     except Exception:
         return group
+
+
+# Top-level nodes whose keys are checked where they are read, so an added key that nothing reads
+# fails there: the run-wide settings (RunSettings), speed (SpeedSettings), and the groups of
+# objects that are all instantiated (callbacks, logger, regularizer, metrics).
+_CHECKED_ROOTS = frozenset(
+    [*RunSettings.__dataclass_fields__, "speed", "callbacks", "logger", "regularizer", "metrics"]
+)
+_REFERENCE = re.compile(r"\$\{\s*(?:oc\.select\s*:\s*)?([A-Za-z_][\w.]*)\s*[,}]")
+
+
+def unused_additions(cfg: DictConfig) -> list[str]:
+    """A warning line for each `+key=value` override of this job that no part of the run reads.
+
+    Hydra's `+` adds a key on purpose, so it is not refused; but `+trian.g_steps=5` would
+    otherwise train the default without a word. An added key is read when it existed in the
+    config composed without the additions (`+key` may set a null), sits under a `_target_`
+    node (passed to that constructor, which check_targets lets refuse it), sits under a node
+    whose keys are checked where they are read (_CHECKED_ROOTS), or is named by an
+    interpolation. The rest, e.g. `+anything=1` or `+optimizer.lr=0.1`, nothing reads.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return []
+    hydra_cfg = HydraConfig.get()
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+    except Exception:  # noqa: BLE001 - Hydra parsed them already; a check never stops a run
+        return []
+    choices = set(hydra_cfg.runtime.choices)
+    added = [
+        o
+        for o in parsed
+        if (o.is_add() or o.is_force_add())
+        and o.package is None
+        and "/" not in o.key_or_group
+        and o.key_or_group not in choices
+        and o.key_or_group.split(".")[0] not in (*_CHECKED_ROOTS, "hydra")
+    ]
+    if not added:
+        return []
+    base = _compose_without(hydra_cfg.job.config_name, [o for o in parsed if o not in added])
+    if base is None:
+        return []
+    references = _references(cfg)
+    known = [k for k in _dotted_keys(base) if not k.startswith("hydra")]
+    lines = []
+    for override in added:
+        key = override.key_or_group
+        if _exists(base, key) or _under_target(base, key) or _referenced(key, references):
+            continue
+        hint = _close_keys(key, known)
+        lines.append(
+            f"{override.input_line}: no part of the run reads '{key}', so it changes nothing; "
+            f"{hint}training goes on without it"
+        )
+    return lines
+
+
+def _close_keys(key: str, known: list[str]) -> str:
+    """'did you mean ...? ' for a misspelt or misplaced key, else where to look the keys up."""
+    candidates = [k for k in known if not key.startswith(f"{k}.")]  # not its own parents
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.75)
+    if not close:  # the right name in the wrong place: +optimizer.lr -> optimizer.generator.lr
+        top, leaf = key.split(".")[0], key.rsplit(".", 1)[-1]
+        close = [k for k in candidates if k.startswith(f"{top}.") and k.endswith(f".{leaf}")][:2]
+    if close:
+        return f"did you mean {' or '.join(repr(k) for k in close)}? "
+    return "check the spelling with `gan-run --cfg job`; "
+
+
+def warn_unused_additions(cfg: DictConfig) -> None:
+    """Log one warning line per added key that nothing reads (unused_additions)."""
+    for line in unused_additions(cfg):
+        log.warning(line)
+
+
+def _compose_without(config_name: str | None, kept: list[Any]) -> DictConfig | None:
+    """The job's config composed from the same overrides less the additions, or None."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    hydra = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    if hydra is None:
+        return None
+    try:
+        return hydra.compose_config(
+            config_name, [o.input_line for o in kept], RunMode.RUN, validate_sweep_overrides=False
+        )
+    except Exception:  # noqa: BLE001 - e.g. a kept override needed an addition: no warning
+        return None
+
+
+_ABSENT = object()
+
+
+def _exists(cfg: DictConfig, key: str) -> bool:
+    try:
+        found = OmegaConf.select(
+            cfg, key, default=_ABSENT, throw_on_missing=False, throw_on_resolution_failure=False
+        )
+    except Exception:  # noqa: BLE001 - e.g. a key below a plain value
+        return False
+    return found is not _ABSENT
+
+
+def _under_target(cfg: DictConfig, key: str) -> bool:
+    parts = key.split(".")
+    node: Any = cfg
+    for part in parts[:-1]:
+        if not isinstance(node, DictConfig) or part not in node:
+            return False
+        node = node._get_node(part)
+        if isinstance(node, DictConfig) and "_target_" in node:
+            return True
+    return False
+
+
+def _references(cfg: Any) -> set[str]:
+    """The keys that interpolations anywhere in `cfg` name (${a.b}, ${oc.select:a.b,...})."""
+    found: set[str] = set()
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        keys = cfg.keys() if isinstance(cfg, DictConfig) else range(len(cfg))
+        for key in keys:
+            node = cfg._get_node(key)
+            if isinstance(node, (DictConfig, ListConfig)) and not node._is_interpolation():
+                found |= _references(node)
+            else:
+                value = node._value() if node is not None else None
+                if isinstance(value, str) and "${" in value:
+                    found.update(_REFERENCE.findall(value))
+    return found
+
+
+def _referenced(key: str, references: set[str]) -> bool:
+    return any(
+        ref == key or ref.startswith(f"{key}.") or key.startswith(f"{ref}.") for ref in references
+    )
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    if isinstance(node, DictConfig):
+        for key in node:
+            key = str(key)
+            if key.startswith("_"):
+                continue
+            keys.append(f"{prefix}{key}")
+            keys.extend(_dotted_keys(node._get_node(key), f"{prefix}{key}."))
+    return keys
