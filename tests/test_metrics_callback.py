@@ -18,6 +18,7 @@ from gan_runner import cli
 from gan_runner.callbacks.metrics import EvaluateMetrics, infer_mode, metric_name
 from gan_runner.data.toy import GaussianRing
 from gan_runner.errors import UserError
+from gan_runner.games.base import prior_latent
 from gan_runner.latent import Normal
 from gan_runner.metrics.mixture import mode_statistics, ranking_score
 from gan_runner.metrics.mixture_eval import MixtureEvaluation
@@ -259,6 +260,7 @@ class ScheduledMixture(MixtureEvaluation):
             latent=Normal(),
             z_dim=1,
             num_classes=0,
+            game=SimpleNamespace(draw_latent=prior_latent),
         )
         return super().evaluate(fakes, datamodule, generator)
 

@@ -13,6 +13,7 @@ from gan_runner.callbacks.metrics import infer_mode
 from gan_runner.data.module import GANDataModule
 from gan_runner.data.toy import GaussianGrid, GaussianRing
 from gan_runner.games.adversarial import AdversarialGame
+from gan_runner.games.base import prior_latent
 from gan_runner.latent import Normal
 from gan_runner.metrics.mixture import evaluate_mixture, mode_statistics
 from gan_runner.metrics.mixture_eval import MixtureEvaluation
@@ -150,9 +151,12 @@ def on_modes(counts: list[int], n: int = 2500) -> torch.Tensor:
     return torch.cat([*on, torch.zeros(n - sum(counts), 2)])
 
 
+PRIOR = SimpleNamespace(draw_latent=prior_latent)  # the classic game's latent, without a game
+
+
 def fake_module(points: torch.Tensor) -> SimpleNamespace:
     return SimpleNamespace(
-        sampling_generator=Points(points), latent=Normal(), z_dim=1, num_classes=0
+        sampling_generator=Points(points), latent=Normal(), z_dim=1, num_classes=0, game=PRIOR
     )
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from gan_runner.data.module import TensorData
 from gan_runner.errors import UserError
+from gan_runner.games.base import prior_latent
 from gan_runner.latent import Normal
 from gan_runner.metrics.parzen import ParzenWindow, held_out, log_densities, select_sigma
 
@@ -70,6 +71,7 @@ def standard_normal_run(z_dim: int = 2) -> tuple[SimpleNamespace, SimpleNamespac
         latent=Normal(),
         z_dim=z_dim,
         num_classes=0,
+        game=SimpleNamespace(draw_latent=prior_latent),
         global_rank=0,
         device=torch.device("cpu"),
     )

@@ -54,8 +54,8 @@ class SampleGrid(pl.Callback):
 
     def _scatter(self, trainer, pl_module, path: Path) -> Tensor:
         generator = torch.Generator(device=pl_module.device).manual_seed(pl_module.seed)
-        z = pl_module.latent.sample(self.n_scatter, pl_module.z_dim, generator)
-        fake = pl_module.sample(z).cpu()
+        z, labels = pl_module.game.draw_latent(pl_module, self.n_scatter, generator)
+        fake = pl_module.sample(z, labels).cpu()
         data = trainer.datamodule.data.samples[: self.n_scatter].float().cpu()
         means = getattr(trainer.datamodule.source, "means", None)
         return scatter_over_data(

@@ -71,6 +71,17 @@ class Phase:
         object.__setattr__(self, "schedule", schedule)
 
 
+def prior_latent(
+    module: Any, n: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor | None]:
+    """n codes from the module's p(z) and, when conditional, uniform labels (in that order)."""
+    z = module.latent.sample(n, module.z_dim, generator)
+    if not module.num_classes:
+        return z, None
+    labels = torch.randint(module.num_classes, (n,), generator=generator, device=z.device)
+    return z, labels
+
+
 @dataclass
 class Terms:
     """A phase's named losses (None: inactive this step) and diagnostics to log beside them."""
@@ -115,11 +126,7 @@ class Game:
 
         A game whose generator reads structured codes (InfoGAN) writes them into z here, so
         sample grids and evaluations draw what training draws."""
-        z = module.latent.sample(n, module.z_dim, generator)
-        if not module.num_classes:
-            return z, None
-        labels = torch.randint(module.num_classes, (n,), generator=generator, device=z.device)
-        return z, labels
+        return prior_latent(module, n, generator)
 
     def check(self, module: Any) -> None:
         """Refuse, before training, networks this game cannot play with (a missing head)."""

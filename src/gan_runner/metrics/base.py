@@ -47,12 +47,8 @@ def fake_batches(
         done = 0
         while done < n:
             size = min(batch_size, n - done)
-            z = module.latent.sample(size, module.z_dim, generator)
-            labels = None
-            if module.num_classes:
-                labels = torch.randint(
-                    module.num_classes, (size,), generator=generator, device=z.device
-                )
+            # Through the game, so structured codes (InfoGAN) and labels are drawn as in training.
+            z, labels = module.game.draw_latent(module, size, generator)
             with torch.no_grad():
                 yield net(z, labels).float()
             done += size

@@ -105,5 +105,5 @@ def evaluate_mixture(module: Any, source: Any, n: int = 2500, seed: int = 0) -> 
     source = getattr(source, "source", source)
     # Its own generator: evaluating mid-run must not shift the training noise or global RNG.
     noise = torch.Generator(device=module.device).manual_seed(seed)
-    z = module.latent.sample(n, module.z_dim, noise)
-    return mode_statistics(module.sample(z), source.means, source.std)
+    z, labels = module.game.draw_latent(module, n, noise)
+    return mode_statistics(module.sample(z, labels), source.means, source.std)
