@@ -63,7 +63,7 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
 def generated(module: GANModule, n: int, seed: int) -> Tensor:
     """n samples from the module's sampling generator, drawn with a private seeded stream."""
     noise = torch.Generator(device=module.device).manual_seed(seed)
-    return module.sample(module.latent.sample(n, module.z_dim, noise)).cpu()
+    return module.sample(*module.game.draw_latent(module, n, noise)).cpu()
 
 
 def pixel_frechet(module: GANModule, data: TensorData, n: int = 2000, seed: int = 0) -> float:

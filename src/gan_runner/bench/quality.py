@@ -117,7 +117,7 @@ def drs_scores(module: Any, source: Any, seed: int, n: int = 2500) -> dict[str, 
     noise = torch.Generator().manual_seed(seed)
 
     def propose(k: int) -> tuple[torch.Tensor, None]:
-        return module.sample(module.latent.sample(k, module.z_dim, noise)).cpu(), None
+        return module.sample(*module.game.draw_latent(module, k, noise)).cpu(), None
 
     sampler = DiscriminatorRejection(percentile=DRS_PERCENTILE).fit(propose, log_ratio)
     samples, _ = sampler.draw(n, propose, log_ratio, noise)

@@ -85,6 +85,9 @@ class AdversarialGame(Game):
             terms = self._generator_terms(batch, module)
         if gain != 1:
             terms.losses = {k: None if v is None else gain * v for k, v in terms.losses.items()}
+        for name, term in self.extra_terms.items():  # the active terms' own diagnostics
+            if terms.losses.get(name) is not None:
+                terms.logs.update({f"{phase.name}/{k}": v for k, v in term.logs().items()})
         return terms
 
     def _discriminator_terms(self, batch: dict[str, Tensor], module: Any) -> Terms:

@@ -72,10 +72,13 @@ class Phase:
 
 
 def prior_latent(
-    module: Any, n: int, generator: torch.Generator | None
+    module: Any, n: int, generator: torch.Generator | None, truncation: float | None = None
 ) -> tuple[Tensor, Tensor | None]:
     """n codes from the module's p(z) and, when conditional, uniform labels (in that order)."""
-    z = module.latent.sample(n, module.z_dim, generator)
+    if truncation is None:
+        z = module.latent.sample(n, module.z_dim, generator)
+    else:
+        z = module.latent.truncated(n, module.z_dim, truncation, generator)
     if not module.num_classes:
         return z, None
     labels = torch.randint(module.num_classes, (n,), generator=generator, device=z.device)
@@ -120,13 +123,18 @@ class Game:
             raise ValueError(f"phase names must be unique, got {names}")
 
     def draw_latent(
-        self, module: Any, n: int, generator: torch.Generator | None
+        self,
+        module: Any,
+        n: int,
+        generator: torch.Generator | None,
+        truncation: float | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """n latent codes from the run's prior, with uniform class labels when conditional.
+        """n latent codes from the run's prior (truncated by ψ when given), with uniform class
+        labels when conditional.
 
         A game whose generator reads structured codes (InfoGAN) writes them into z here, so
         sample grids and evaluations draw what training draws."""
-        return prior_latent(module, n, generator)
+        return prior_latent(module, n, generator, truncation)
 
     def check(self, module: Any) -> None:
         """Refuse, before training, networks this game cannot play with (a missing head)."""

@@ -51,6 +51,10 @@ class Term:
     def generator_term(self, play: Play) -> Tensor | None:
         return None
 
+    def logs(self) -> dict[str, Tensor]:
+        """Diagnostics of the term's last call (detached), logged as train/<phase>/<key>."""
+        return {}
+
     def after_step(self, phase: str, module: Any) -> None:
         """After `phase`'s optimizer step (historical averaging updates its running means)."""
 
