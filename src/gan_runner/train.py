@@ -34,6 +34,7 @@ from gan_runner.config import (
 from gan_runner.errors import UserError
 from gan_runner.loggers import fail_soft, finish_wandb
 from gan_runner.module import CHECKPOINT_KEY, Counters, GANModule
+from gan_runner.nets.layers import MinibatchDiscrimination
 from gan_runner.resume import ResumePlan, plan_resume, trim_history
 from gan_runner.speed import apply_speed_options
 
@@ -68,19 +69,30 @@ def build_each(cfg: DictConfig, group: str, **kwargs: Any) -> list[Any]:
     return objects
 
 
+# BatchNorm and minibatch discrimination: each sample's output depends on the others'.
+BATCH_COUPLING = (nn.modules.batchnorm._BatchNorm, MinibatchDiscrimination)
+
+
 def build_discriminator(cfg: DictConfig, regularizers: dict[str, Any]) -> nn.Module:
     discriminator = build(cfg.arch, "discriminator")
     for regularizer in regularizers.values():
         discriminator = regularizer.build(discriminator)
     per_sample = [n for n, r in regularizers.items() if getattr(r, "per_sample_gradient", False)]
-    has_batch_norm = any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in discriminator.modules()
+    # Layers that mix the samples of a batch make a per-sample input gradient meaningless.
+    coupling = next(
+        ((n, m) for n, m in discriminator.named_modules() if isinstance(m, BATCH_COUPLING)), None
     )
-    if per_sample and has_batch_norm:
+    if per_sample and coupling is not None:
+        name, layer = coupling
+        fix = (
+            "drop arch.discriminator.minibatch_discrimination"
+            if isinstance(layer, MinibatchDiscrimination)
+            else "set arch.discriminator.norm to layer, instance or none (heads: no hidden layers)"
+        )
         raise UserError(
-            f"regularizer={per_sample[0]} penalizes per-sample gradients, which BatchNorm in the "
-            "critic invalidates (arch.discriminator.norm=batch); set arch.discriminator.norm to "
-            "layer, instance or none"
+            f"regularizer={per_sample[0]} penalizes per-sample gradients, which a layer that "
+            f"couples the samples of a batch invalidates (discriminator.{name}); {fix}, or drop "
+            "the penalty"
         )
     return discriminator
 

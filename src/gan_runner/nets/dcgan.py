@@ -13,10 +13,13 @@ from gan_runner.nets.layers import (
     CriticHeads,
     CriticOutput,
     LabelEmbedding,
+    MinibatchDiscrimination,
     ProjectionHead,
+    VirtualBatchReference,
     check_conditioning,
     check_image_shape,
     check_power_of_two_resolution,
+    generator_norm,
     norm_2d,
 )
 
@@ -45,7 +48,11 @@ def _init_weights(net: nn.Module) -> None:
 
 
 class DCGANGenerator(nn.Module):
-    """The DCGAN generator: fractionally strided convolutions from 4x4 (Radford et al. 2016)."""
+    """The DCGAN generator: fractionally strided convolutions from 4x4 (Radford et al. 2016).
+
+    `norm: virtual_batch` normalizes against a fixed reference batch of `reference_size` latents
+    (Salimans et al. 2016, §3.5) that runs ahead of every batch, in training and sampling alike.
+    """
 
     def __init__(
         self,
@@ -56,20 +63,31 @@ class DCGANGenerator(nn.Module):
         norm: str = "batch",
         num_classes: int = 0,
         bounded: bool = True,
+        reference_size: int = 64,
+        reference_seed: int = 0,
     ) -> None:
         super().__init__()
         if z_dim < 1:
             raise ValueError(f"z_dim must be >= 1, got {z_dim}")
         channels, widths = _widths(data_shape, base_width, max_width)
         self.embed = LabelEmbedding(num_classes, z_dim) if num_classes else None
+        self.reference = None
+        if norm == "virtual_batch":
+            self.reference = VirtualBatchReference(
+                reference_size, z_dim, num_classes, reference_seed
+            )
         in_dim = 2 * z_dim if num_classes else z_dim
         bias = norm == "none"  # a norm's shift makes the conv bias redundant
+
+        def normalize(width: int) -> nn.Module:
+            return generator_norm(norm, width, reference_size, image=True)
+
         # A 4x4 transposed conv of a 1x1 map is the paper's "project and reshape" of z.
         layers: list[nn.Module] = [nn.ConvTranspose2d(in_dim, widths[0], 4, 1, 0, bias=bias)]
-        layers += [norm_2d(norm, widths[0]), nn.ReLU()]
+        layers += [normalize(widths[0]), nn.ReLU()]
         for fan_in, fan_out in zip(widths[:-1], widths[1:]):
             layers += [nn.ConvTranspose2d(fan_in, fan_out, 4, 2, 1, bias=bias)]
-            layers += [norm_2d(norm, fan_out), nn.ReLU()]
+            layers += [normalize(fan_out), nn.ReLU()]
         # No norm on the output layer: the paper found it made samples oscillate (§3).
         layers.append(nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1))
         if bounded:
@@ -78,14 +96,23 @@ class DCGANGenerator(nn.Module):
         _init_weights(self)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.reference is not None:
+            z, labels = self.reference.prepend(z, labels)
         if self.embed is not None:
             z = torch.cat([z, self.embed(labels)], dim=1)
-        return self.net(z[:, :, None, None])
+        out = self.net(z[:, :, None, None])
+        if self.reference is not None:
+            return out[self.reference.size :]  # the reference batch only set the statistics
+        return out
 
 
 class DCGANDiscriminator(nn.Module):
     """The DCGAN discriminator: strided convolutions and leaky ReLUs (Radford et al. 2016),
-    conditioned by projection or by one-hot label maps joined to the input image."""
+    conditioned by projection or by one-hot label maps joined to the input image.
+
+    `minibatch_discrimination: {kernels: B, kernel_dim: C}` scores each sample's closeness to
+    the rest of its batch beside its flattened 4x4 features (Salimans et al. 2016, §3.2).
+    """
 
     def __init__(
         self,
@@ -97,6 +124,7 @@ class DCGANDiscriminator(nn.Module):
         negative_slope: float = 0.2,
         conditioning: str = "projection",
         heads: Mapping[str, Any] | None = None,
+        minibatch_discrimination: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         check_conditioning(conditioning)
@@ -119,6 +147,12 @@ class DCGANDiscriminator(nn.Module):
         self.concat = ConcatLabels(num_classes) if concat else None
         _init_weights(self)
         self.heads = CriticHeads(widths[-1] * 16, heads) if heads else None
+        # Built last, so turning it on leaves every other layer's initial weights as they were.
+        self.minibatch = self.minibatch_score = None
+        if minibatch_discrimination:
+            spec = minibatch_discrimination
+            self.minibatch = MinibatchDiscrimination.from_spec(widths[-1] * 16, spec)
+            self.minibatch_score = nn.Linear(self.minibatch.kernels, 1, bias=False)
 
     def outputs(self, x: Tensor, labels: Tensor | None = None) -> CriticOutput:
         if self.concat is not None:
@@ -126,6 +160,8 @@ class DCGANDiscriminator(nn.Module):
         h = self.features(x)
         scores = self.score(h).flatten()
         flat = h.flatten(1)
+        if self.minibatch is not None:  # the 4x4 conv's score of h plus a linear score of o(h)
+            scores = scores + self.minibatch_score(self.minibatch(flat)).squeeze(1)
         if self.projection is not None:
             scores = scores + self.projection(flat, labels)
         return CriticOutput(scores, flat, self.heads(flat) if self.heads is not None else {})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,21 +14,30 @@ from gan_runner.nets.layers import (
     CriticHeads,
     CriticOutput,
     LabelEmbedding,
+    MinibatchDiscrimination,
     ProjectionHead,
+    VirtualBatchReference,
     check_conditioning,
+    generator_norm,
     norm_1d,
 )
 
 
-def _mlp(widths: Sequence[int], norm: str, activation: nn.Module) -> list[nn.Module]:
+def _mlp(
+    widths: Sequence[int], norm: Callable[[int], nn.Module], activation: nn.Module
+) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(fan_in, fan_out), norm_1d(norm, fan_out), activation]
+        layers += [nn.Linear(fan_in, fan_out), norm(fan_out), activation]
     return layers
 
 
 class MLPGenerator(nn.Module):
-    """A multilayer perceptron generator, as in Goodfellow et al. 2014 and PacGAN's 2D setup."""
+    """A multilayer perceptron generator, as in Goodfellow et al. 2014 and PacGAN's 2D setup.
+
+    `norm: virtual_batch` normalizes against a fixed reference batch of `reference_size` latents
+    (Salimans et al. 2016, §3.5) that runs ahead of every batch, in training and sampling alike.
+    """
 
     def __init__(
         self,
@@ -38,28 +47,48 @@ class MLPGenerator(nn.Module):
         norm: str = "none",
         num_classes: int = 0,
         bounded: bool = True,
+        reference_size: int = 64,
+        reference_seed: int = 0,
     ) -> None:
         super().__init__()
         if z_dim < 1:
             raise ValueError(f"z_dim must be >= 1, got {z_dim}")
         self.data_shape = tuple(data_shape)
         self.embed = LabelEmbedding(num_classes, z_dim) if num_classes else None
+        self.reference = None
+        if norm == "virtual_batch":
+            self.reference = VirtualBatchReference(
+                reference_size, z_dim, num_classes, reference_seed
+            )
         in_dim = 2 * z_dim if num_classes else z_dim
-        layers = _mlp([in_dim, *hidden], norm, nn.ReLU())
+        layers = _mlp(
+            [in_dim, *hidden],
+            lambda features: generator_norm(norm, features, reference_size, image=False),
+            nn.ReLU(),
+        )
         layers.append(nn.Linear(hidden[-1] if hidden else in_dim, math.prod(self.data_shape)))
         if bounded:  # image data lives in [-1, 1]; 2D mixtures are unbounded
             layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.reference is not None:
+            z, labels = self.reference.prepend(z, labels)
         if self.embed is not None:
             z = torch.cat([z, self.embed(labels)], dim=1)
-        return self.net(z).view(z.shape[0], *self.data_shape)
+        out = self.net(z)
+        if self.reference is not None:
+            out = out[self.reference.size :]  # the reference batch only set the statistics
+        return out.view(out.shape[0], *self.data_shape)
 
 
 class MLPDiscriminator(nn.Module):
     """A multilayer perceptron critic with leaky ReLUs, conditioned by projection (Miyato &
-    Koyama 2018) or by one-hot labels joined to its input (Mirza & Osindero 2014)."""
+    Koyama 2018) or by one-hot labels joined to its input (Mirza & Osindero 2014).
+
+    `minibatch_discrimination: {kernels: B, kernel_dim: C}` scores each sample's closeness to
+    the rest of its batch beside its last hidden layer (Salimans et al. 2016, §3.2).
+    """
 
     def __init__(
         self,
@@ -70,18 +99,25 @@ class MLPDiscriminator(nn.Module):
         negative_slope: float = 0.2,
         conditioning: str = "projection",
         heads: Mapping[str, Any] | None = None,
+        minibatch_discrimination: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         check_conditioning(conditioning)
         concat = bool(num_classes) and conditioning == "concat"
         in_dim = math.prod(data_shape) + (num_classes if concat else 0)
-        self.features = nn.Sequential(*_mlp([in_dim, *hidden], norm, nn.LeakyReLU(negative_slope)))
+        layers = _mlp([in_dim, *hidden], lambda f: norm_1d(norm, f), nn.LeakyReLU(negative_slope))
+        self.features = nn.Sequential(*layers)
         width = hidden[-1] if hidden else in_dim
         self.score = nn.Linear(width, 1)
         projection = num_classes and not concat
         self.projection = ProjectionHead(num_classes, width) if projection else None
         self.concat = ConcatLabels(num_classes) if concat else None
         self.heads = CriticHeads(width, heads) if heads else None
+        # Built last, so turning it on leaves every other layer's initial weights as they were.
+        self.minibatch = self.minibatch_score = None
+        if minibatch_discrimination:
+            self.minibatch = MinibatchDiscrimination.from_spec(width, minibatch_discrimination)
+            self.minibatch_score = nn.Linear(self.minibatch.kernels, 1, bias=False)
 
     def outputs(self, x: Tensor, labels: Tensor | None = None) -> CriticOutput:
         x = x.flatten(1)
@@ -89,6 +125,8 @@ class MLPDiscriminator(nn.Module):
             x = self.concat(x, labels)
         h = self.features(x)
         scores = self.score(h).squeeze(1)
+        if self.minibatch is not None:  # a linear score of [h, o(h)], split in two
+            scores = scores + self.minibatch_score(self.minibatch(h)).squeeze(1)
         if self.projection is not None:
             scores = scores + self.projection(h, labels)
         return CriticOutput(scores, h, self.heads(h) if self.heads is not None else {})
