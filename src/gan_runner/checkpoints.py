@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from gan_runner.config import check_targets
 from gan_runner.errors import UserError
@@ -146,6 +147,15 @@ def rebuild(
         module = build_module(cfg)
     except UserError as error:
         raise UserError(f"ckpt={path}: its config no longer builds here: {error}") from None
+    except OmegaConfBaseException as error:  # a key this version reads that the file lacks
+        key = getattr(error, "full_key", None) or ""
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        what = f"lacks '{key}'" if "Missing key" in detail and key else f"fails here ({detail})"
+        raise UserError(
+            f"ckpt={path}: its stored config {what}, which this gan_runner needs to rebuild the "
+            "model (the file was written by another version); use the gan_runner version that "
+            "wrote it, or train it again"
+        ) from None
     state = checkpoint["state_dict"]
     has_ema = any(key.startswith("generator_ema.") for key in state)
     if use_ema and has_ema:

@@ -7,10 +7,12 @@ as JSON and as a Markdown table, with the provenance that says which numbers com
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,7 +93,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> list[Path]:
     counters = Counters(**checkpoints.load_checkpoint(cfg.ckpt)[CHECKPOINT_KEY]["counters"])
     datamodule = checkpoint_data(cfg, run)
     evaluation, protocol, note = checkpoint_evaluation(cfg, run, datamodule)
-    evaluation.prepare(datamodule, device)
+    try:
+        prepare(evaluation, datamodule, device)
+    except UserError as error:
+        raise UserError(unready_extractor(cfg, run, evaluation, str(error))) from None
     header = {"checkpoint": str(Path(cfg.ckpt).resolve())}
     header |= {"g_steps": counters.g_steps, "kimg": counters.images_seen / 1000}
     header |= {"note": note} if note else {}
@@ -105,6 +110,47 @@ def evaluate_checkpoint(cfg: DictConfig) -> list[Path]:
         report["provenance"] = provenance(evaluation, cfg, device, extra)
         written += write_report(report, report_base(cfg, protocol, generator, i == 0), generator)
     return written
+
+
+def prepare(evaluation: Any, datamodule: Any, device: torch.device) -> None:
+    """evaluation.prepare, with torch-fidelity's download notice and progress bar on stdout.
+
+    torch-fidelity prints them to stderr, which is for the one line that says what went wrong:
+    offline, the notice would come before it.
+    """
+    if isinstance(getattr(evaluation, "extractor", None), InceptionFeatures):
+        with contextlib.redirect_stderr(sys.stdout):
+            evaluation.prepare(datamodule, device)
+    else:
+        evaluation.prepare(datamodule, device)
+
+
+def unready_extractor(cfg: DictConfig, run: DictConfig, evaluation: Any, message: str) -> str:
+    """The message of an extractor that could not be set up, with what else a checkpoint takes.
+
+    A run that evaluated nothing (metrics=[]) leaves gan-eval Inception, a download; a labelled
+    data set can be scored offline by the classifier instead.
+    """
+    chosen = cfg.extractor is None and run_extractor(run) is None
+    inception = isinstance(getattr(evaluation, "extractor", None), InceptionFeatures)
+    if not (chosen and inception and "Inception weights" in message):
+        return message
+    labelled = (run.get("data") or {}).get("num_classes") or 0
+    offline = (
+        "; or pass extractor=classifier (a small CNN trained offline on the run's labelled "
+        "data set)"
+        if labelled
+        else ""
+    )
+    ran = (
+        "evaluated nothing while training (metrics=[])"
+        if not run_metrics(run)
+        else "was evaluated without image features while training"
+    )
+    return (
+        f"ckpt={cfg.ckpt} {ran}, so gan-eval scores it with extractor=inception, but "
+        f"{message.removeprefix('metrics: ')}{offline}"
+    )
 
 
 def checkpoint_data(cfg: DictConfig, run: DictConfig) -> Any:
@@ -185,8 +231,10 @@ def out_base(out: str) -> Path:
 # ----------------------------------------------------------------- extractors
 def run_metrics(run: DictConfig | None) -> list[dict[str, Any]]:
     """The run's metric nodes (conf/metrics/*.yaml as resolved at training time)."""
-    metrics = OmegaConf.to_container(run.get("metrics") or {}) if run is not None else {}
-    return [node for node in metrics.values() if isinstance(node, dict)]
+    node = run.get("metrics") if run is not None else None
+    # A run without evaluations (metrics=[], or data without a default) stores an empty node.
+    metrics = OmegaConf.to_container(node) if isinstance(node, DictConfig) else {}
+    return [value for value in metrics.values() if isinstance(value, dict)]
 
 
 def cache_dir(cfg: DictConfig, run: DictConfig | None) -> str | None:
@@ -304,7 +352,7 @@ def compare_folders(cfg: DictConfig) -> list[Path]:
     shape = [1 if gray else 3, side, side]
     datamodule = GANDataModule(source, 1, shape, num_workers=cfg.num_workers)
     evaluation = fidelity(extractor, cfg, len(fake_paths), FOLDER_SPLIT, cfg.cache_dir)
-    evaluation.prepare(datamodule, device)
+    prepare(evaluation, datamodule, device)
     values = evaluation.score(folder_batches(fake_paths, side, mode, cfg))
     report: dict[str, Any] = {"folders": {"reference": str(real), "scored": str(fake)}}
     if other_side != side:

@@ -48,6 +48,28 @@ def differing_keys(runs: Sequence[Run]) -> list[str]:
     return groups + keys
 
 
+def identifying_keys(runs: Sequence[Run], keys: Sequence[str]) -> list[str]:
+    """The fewest of `keys`, in their order, that tell the same configurations apart.
+
+    A key is kept only when it splits runs that the keys kept before it leave together, so the
+    settings a recipe or data set brings along with a swept choice (`model=wgan` sets n_critic,
+    the optimizer, ...) do not crowd the tables and legends; the runs group exactly as by all
+    of `keys`, and report.csv still lists every one.
+    """
+
+    def configurations(chosen: Sequence[str]) -> int:
+        return len({json.dumps([r.setting(k) for k in chosen], default=str) for r in runs})
+
+    kept: list[str] = []
+    count = 1
+    for key in keys:
+        split = configurations([*kept, key])
+        if split > count:
+            kept.append(key)
+            count = split
+    return kept
+
+
 def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> list[tuple[str, list[Run]]]:
     """Runs with the same values of `keys` (the config without the seed), labelled `k=v, ...`."""
     groups: dict[str, list[Run]] = {}
@@ -180,7 +202,8 @@ def make_report(folders: Sequence[Path], out: Path | None = None) -> Path:
         raise UserError(f"--out {out} is a file; pass a folder")
     out.mkdir(parents=True, exist_ok=True)
     keys, metrics = differing_keys(runs), _metric_names(runs)
-    groups = group_runs(runs, keys)
+    shown = identifying_keys(runs, keys)  # the same configurations as by all the keys
+    groups = group_runs(runs, shown)
     losses = sorted({f"final:{k}" for r in runs for k in r.losses})
     best = [f"best:{m}" for m in metrics if direction(m)]
     stats = [f"final:{m}" for m in metrics] + best + losses
@@ -191,6 +214,8 @@ def make_report(folders: Sequence[Path], out: Path | None = None) -> Path:
     write_csv(out / "report.csv", per_run, run_columns + _keys_after(per_run, run_columns))
     stat_columns = [f"{s}:{part}" for s in stats for part in ("mean", "se", "n")]
     write_csv(out / "report_grouped.csv", grouped, group_columns + stat_columns)
+    group_columns = [*shown, "n", "seeds", "g_steps"]  # the Markdown tables: what tells apart
+    run_columns = ["run", "seed", *shown, "g_steps"]
     plots = [(m, f"curves_{re.sub(r'[^A-Za-z0-9_.-]+', '_', m)}.png") for m in metrics]
     for metric, name in plots:
         plot_curves(groups, metric, out / name)
@@ -198,7 +223,9 @@ def make_report(folders: Sequence[Path], out: Path | None = None) -> Path:
         markdown_table(grouped, group_columns + stats),
         markdown_table(per_run, run_columns + stats),
     )
-    (out / "report.md").write_text(_markdown(folders, len(runs), groups, keys, tables, plots))
+    hidden = len(keys) - len(shown)
+    text = _markdown(folders, len(runs), groups, shown, hidden, tables, plots)
+    (out / "report.md").write_text(text)
     return out / "report.md"
 
 
@@ -222,8 +249,10 @@ def _names(paths: Sequence[Path]) -> list[str]:
     return [str(p.relative_to(common)) for p in resolved]
 
 
-def _markdown(folders, n_runs, groups, keys, tables, plots) -> str:
+def _markdown(folders, n_runs, groups, keys, hidden, tables, plots) -> str:
     differ = ", ".join(f"`{k}`" for k in keys) or "nothing but the seed"
+    if hidden:
+        differ += f" (and {hidden} settings that follow from these; report.csv lists them all)"
     lines = [
         "# Run comparison",
         "",
