@@ -158,3 +158,27 @@ def test_console_reports_a_foreign_file_in_one_line(
     assert stop.value.code == 2
     assert err.startswith(f"error: ckpt={text} is not a readable torch checkpoint")
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_checkpoint_from_before_games_rebuilds_and_resumes_as_the_adversarial_game(tmp_path):
+    """Runs written before players/phases/games stored no game, terms or phase counts."""
+    from gan_runner.train import train
+
+    overrides = [*QUICK, *TINY, "callbacks.samples=null", "callbacks.loss_curve=null"]
+    overrides += ["callbacks.progress=null", "callbacks.metrics=null", "schedule=constant"]
+    train(compose_config([*overrides, "train.g_steps=6"], tmp_path / "straight"))
+    train(compose_config([*overrides, "train.g_steps=3"], tmp_path / "old"))
+    last = tmp_path / "old" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    for key in ("game", "terms"):
+        del state["gan_runner"]["config"][key]
+    del state["gan_runner"]["phase_due"], state["gan_runner"]["game"]
+    torch.save(state, last)
+
+    module, cfg = rebuild(last)
+    assert cfg.game._target_.endswith("AdversarialGame") and module.game.phases[0].repeats == 1
+    train(compose_config([*overrides, "train.g_steps=6", "resume=auto"], tmp_path / "old"))
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key

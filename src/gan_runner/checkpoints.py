@@ -22,7 +22,16 @@ from gan_runner.module import CHECKPOINT_FORMAT, CHECKPOINT_KEY, GANModule
 
 PASS_INSTEAD = "pass a checkpoint written by gan-run (<run folder>/checkpoints/last.ckpt)"
 # The config nodes build_module instantiates; the rest (data, callbacks, trainer) is not needed.
-MODEL_NODES = ("arch", "objective", "regularizer", "optimizer", "schedule", "latent")
+MODEL_NODES = (
+    "arch",
+    "objective",
+    "regularizer",
+    "optimizer",
+    "schedule",
+    "latent",
+    "game",
+    "terms",
+)
 # Rebuilding calls the callables a checkpoint's config names: a file could name any (os.system),
 # which would undo weights_only. These prefixes are run; others only when the user trusts them.
 TRUSTED_TARGETS = ("gan_runner.", "torch.optim.")
@@ -83,7 +92,23 @@ def _torch_load(path: Path, key: str = "ckpt") -> Any:
 
 def run_config(checkpoint: dict[str, Any]) -> DictConfig:
     """The resolved run config stored in a checkpoint loaded by `load_checkpoint`."""
-    return OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"])
+    return OmegaConf.create(stored_config(checkpoint[CHECKPOINT_KEY]))
+
+
+def stored_config(state: dict[str, Any]) -> dict[str, Any]:
+    """The run config in a checkpoint's gan_runner state, in this version's terms.
+
+    Runs from before players, phases and games stored no `game`: theirs was the adversarial game
+    (the default's players and phases give the same trajectory bit for bit), with no terms.
+    """
+    config = dict(state["config"])
+    if "game" not in config:
+        from gan_runner.cli import config_dir  # cli imports Hydra's app machinery
+
+        game = OmegaConf.load(str(config_dir() / "game" / "adversarial.yaml"))
+        merged = OmegaConf.merge(OmegaConf.create(config), {"game": game, "terms": {}})
+        config = OmegaConf.to_container(merged, resolve=True)
+    return config
 
 
 def check_targets_trusted(cfg: DictConfig, path: Path, extra: Sequence[str] = ()) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gan_runner.checkpoints import load_checkpoint
+from gan_runner.checkpoints import load_checkpoint, stored_config
 from gan_runner.config import flat_keys
 from gan_runner.errors import UserError
 from gan_runner.module import CHECKPOINT_KEY
@@ -79,7 +79,7 @@ def plan_resume(cfg: DictConfig) -> ResumePlan | None:
     state = checkpoint[CHECKPOINT_KEY]
     if not cfg.get("resume_force", False):
         current = OmegaConf.to_container(cfg, resolve=True)
-        differences = config_differences(state["config"], current)
+        differences = config_differences(stored_config(state), current)
         if differences:
             shown = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
             raise UserError(

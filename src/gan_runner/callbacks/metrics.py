@@ -37,6 +37,8 @@ HIGHER_IS_BETTER = {
     "hq",
     "parzen",
     "score",
+    "accuracy",  # a critic's held-out classification accuracy (the semi-supervised GAN)
+    "class",  # class_accuracy: conditional samples of the class they were asked for
 }
 PREFIXES = ("val/", "best/")
 # Headlines kept to reproduce a paper, not to rank models: Parzen log-likelihood (Theis et al.

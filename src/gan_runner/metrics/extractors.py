@@ -7,10 +7,12 @@ be saved as, and reals (already uint8) pass through unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -116,11 +118,13 @@ def load_inception(weights_path: str | None) -> nn.Module:
         f"(download it from {INCEPTION_URL})"
     )
     try:
-        return FeatureExtractorInceptionV3(
-            "inception-v3-compat",
-            ["2048", "logits_unbiased"],
-            feature_extractor_weights_path=weights_path,
-        )
+        # torch-fidelity prints its download notice to stderr: keep stderr for our one line.
+        with contextlib.redirect_stderr(sys.stdout):
+            return FeatureExtractorInceptionV3(
+                "inception-v3-compat",
+                ["2048", "logits_unbiased"],
+                feature_extractor_weights_path=weights_path,
+            )
     except OSError as error:  # URLError when offline, FileNotFoundError for a wrong path
         detail = (str(error).strip().splitlines() or [""])[0]
         what = f"{weights_path} could not be read" if weights_path else "could not be downloaded"
@@ -302,5 +306,9 @@ def save_atomic(obj: Any, path: Path) -> None:
     """Write then rename, so a reader (another rank, a crashed run) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
-    torch.save(obj, partial)
-    os.replace(partial, path)
+    try:
+        torch.save(obj, partial)
+        os.replace(partial, path)
+    except BaseException:  # a full disk: leave no half-written file behind
+        partial.unlink(missing_ok=True)
+        raise
