@@ -38,6 +38,7 @@ from conftest import CONF, call_console, options
 from gan_runner import cli
 from gan_runner.checkpoints import rebuild
 from gan_runner.errors import UserError
+from gan_runner.games.base import Game
 from gan_runner.metrics.extractors import INCEPTION_FILE
 from gan_runner.rejection import log_ratio_of
 
@@ -344,12 +345,16 @@ def best_at(run: Path) -> int:
 # ----------------------------------------------------------------- gan-sample
 def sampling(points: bool, ckpt: Path) -> dict[str, tuple[list[str], str]]:
     """mode name -> (gan-sample arguments, what the test expects: 'ok' or a refusal's words)."""
+    module = rebuild(ckpt)[0]
     try:  # whether the critic estimates p_data / p_g, as gan-sample itself decides
-        log_ratio_of(rebuild(ckpt)[0])
+        log_ratio_of(module)
         drs = "ok"
     except UserError:
         drs = "estimates p_data / p_g"
     images_only = "renders images" if points else "ok"
+    # Traversals sweep the codes of a game that writes them into z (InfoGAN's); others refuse.
+    has_codes = type(module.game).traversal_latents is not Game.traversal_latents
+    traversal = images_only if has_codes else "has none"
     return {
         "grid": (["n=6", "nrow=3", "out=grid.png"], "ok"),
         "truncated_folder": (
@@ -366,6 +371,7 @@ def sampling(points: bool, ckpt: Path) -> dict[str, tuple[list[str], str]]:
             + ["arithmetic.a=[0,1]", "arithmetic.b=[2,3]", "arithmetic.c=[4,5]", "out=sum.png"],
             images_only,
         ),
+        "traversal": (["mode=traversal", "traversal.steps=3", "out=traversal.png"], traversal),
         "drs_grid": (
             ["n=4", "rejection.method=drs", "rejection.burn_in=200", "out=drs.png"],
             drs,
@@ -422,6 +428,8 @@ def check_samples(points: bool, folder: Path) -> None:
     assert Image.open(folder / "sum.png").size == (3 * tile + 2, 4 * tile + 2)
     if (folder / "drs.png").exists():
         assert Image.open(folder / "drs.png").size == (4 * tile + 2, tile + 2)
+    if (folder / "traversal.png").exists():  # steps columns, a row per category
+        assert Image.open(folder / "traversal.png").width == 3 * tile + 2
 
 
 # ----------------------------------------------------------------- gan-report

@@ -256,3 +256,11 @@ def test_drs_works_on_conditional_images_and_refuses_other_modes(ckpt, tmp_path)
         run_sample(ckpt["conditional"], "mode=interpolate", "rejection.method=drs")
     with pytest.raises(UserError, match="rejection.method=mh is unknown; choose drs or null"):
         run_sample(ckpt["conditional"], "rejection.method=mh")
+
+
+def test_an_output_without_an_image_extension_is_one_line(tmp_path, monkeypatch, capsys):
+    code, _, err = call_console(
+        cli.sample, "gan-sample", monkeypatch, capsys, "ckpt=missing.ckpt", f"out={tmp_path}/notes"
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "names no image format" in err and ".png" in err

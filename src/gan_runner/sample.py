@@ -35,13 +35,18 @@ def sample(cfg: DictConfig) -> list[Path]:
         raise UserError(f"mode={cfg.mode} is unknown; choose one of: {', '.join(MODES)}")
     _check_counts(cfg)
     _check_rejection(cfg)
+    out = Path(cfg.out or ("samples" if cfg.mode == "folder" else f"{cfg.mode}.png"))
+    if cfg.mode != "folder" and out.suffix.lower() not in Image.registered_extensions():
+        raise UserError(
+            f"out={cfg.out} names no image format (mode={cfg.mode} writes one picture); end it "
+            "with .png, .jpg or another image extension"
+        )
     trusted = list(cfg.trusted_targets)
     module, _ = rebuild(cfg.ckpt, cfg.use_ema, cfg.device, trusted_targets=trusted)
     if cfg.use_ema and getattr(module, "generator_ema", None) is None:
         print(f"Note: ckpt={cfg.ckpt} has no EMA generator; sampling the live generator")
     check_class_label(module, cfg.class_label, cfg.ckpt)
     noise = torch.Generator().manual_seed(cfg.seed)
-    out = Path(cfg.out or ("samples" if cfg.mode == "folder" else f"{cfg.mode}.png"))
     written = MODES[cfg.mode](module, cfg, noise, out)
     for path in written:
         print(f"Wrote {path.resolve()}")
@@ -88,12 +93,10 @@ def make_rejection(cfg: DictConfig) -> DiscriminatorRejection:
 
 # ----------------------------------------------------------------- latents and labels
 def draw_latent(module: GANModule, n: int, noise: torch.Generator, psi: float | None) -> Tensor:
-    """n latent codes from the model's p(z), truncated by ψ when given (see conf/sample.yaml)."""
-    latent, dim = module.latent, module.z_dim
-    if psi is None:
-        return latent.sample(n, dim, noise)
+    """n latent codes as the model's game draws them (InfoGAN's codes included), truncated by ψ
+    when given (see conf/sample.yaml); labels come from class_label instead."""
     try:
-        return latent.truncated(n, dim, psi, noise)
+        return module.game.draw_latent(module, n, noise, psi)[0]
     except ValueError as error:
         raise UserError(f"{error}; or set truncation=null") from None
 
@@ -345,10 +348,24 @@ def index_sheet(images: Tensor, nrow: int) -> Tensor:
     return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
 
 
+def traversal_mode(
+    module: GANModule, cfg: DictConfig, noise: torch.Generator, out: Path
+) -> list[Path]:
+    """One row per category of the first categorical code, columns sweeping one continuous code
+    (InfoGAN, Chen et al. 2016, Fig. 2)."""
+    spec = cfg.traversal
+    span = (float(spec.span[0]), float(spec.span[1]))
+    z, labels = module.game.traversal_latents(module, noise, spec.steps, spec.sweep, span)
+    images = _images_only(generate(module, z, labels), "traversal")
+    save_png(to_uint8_grid(images, nrow=spec.steps), out)
+    return [out]
+
+
 REJECTION_MODES = ("grid", "folder")
 MODES: dict[str, Callable[[GANModule, DictConfig, torch.Generator, Path], list[Path]]] = {
     "grid": grid_mode,
     "folder": folder_mode,
     "interpolate": interpolate_mode,
     "arithmetic": arithmetic_mode,
+    "traversal": traversal_mode,
 }

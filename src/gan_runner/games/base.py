@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gan_runner.errors import UserError
+
 
 @dataclass(frozen=True)
 class CriticSchedule:
@@ -135,6 +137,20 @@ class Game:
         A game whose generator reads structured codes (InfoGAN) writes them into z here, so
         sample grids and evaluations draw what training draws."""
         return prior_latent(module, n, generator, truncation)
+
+    def traversal_latents(
+        self,
+        module: Any,
+        noise: torch.Generator,
+        steps: int,
+        sweep: int,
+        span: tuple[float, float],
+    ) -> tuple[Tensor, Tensor | None]:
+        """A grid of latents sweeping the game's structured codes (gan-sample mode=traversal)."""
+        raise UserError(
+            "mode=traversal sweeps the codes of a game that writes them into z; this checkpoint's "
+            f"game ({type(self).__name__}) has none: train with game=infogan, or use mode=grid"
+        )
 
     def check(self, module: Any) -> None:
         """Refuse, before training, networks this game cannot play with (a missing head)."""

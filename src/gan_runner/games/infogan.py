@@ -165,6 +165,16 @@ class InfoGANGame(AdversarialGame):
         z, labels = module.draw_latent(n)
         return z, labels, self.layout.decode(z)
 
+    def traversal_latents(
+        self,
+        module: Any,
+        noise: torch.Generator,
+        steps: int,
+        sweep: int,
+        span: tuple[float, float],
+    ) -> tuple[Tensor, Tensor | None]:
+        return traversal_latents(module, noise, steps, sweep, span)
+
     def check(self, module: Any) -> None:
         self.noise_dim(module.z_dim)
         if not any(isinstance(t, MutualInformation) for t in self.extra_terms.values()):
