@@ -100,8 +100,9 @@ def _at_least(key: str, value: int, low: int) -> None:
 def check_run_settings(cfg: DictConfig) -> RunSettings:
     """Type- and range-check the run-wide keys; returns them as a dataclass."""
     keys = [f.name for f in RunSettings.__dataclass_fields__.values()]
-    values = OmegaConf.masked_copy(cfg, [k for k in keys if k in cfg])
     try:
+        # Resolved in the whole config: conditional recipes set num_classes: ${data.num_classes}.
+        values = {k: _resolved(cfg, k) for k in keys if k in cfg}
         merged = OmegaConf.merge(OmegaConf.structured(RunSettings), values)
         settings = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
@@ -111,16 +112,45 @@ def check_run_settings(cfg: DictConfig) -> RunSettings:
             f"{_first_line(error.msg)}; see `gan-run --cfg job` for the expected values"
         ) from None
     num_data_classes = int(cfg.data.get("num_classes", 0))
+    if settings.num_classes == 0 and _classes_from_data(cfg):
+        raise UserError(
+            f"model={chosen_option(cfg, 'model')} is class-conditional (num_classes: "
+            f"${{data.num_classes}}) but data={chosen_option(cfg, 'data')} has no labels "
+            f"(data.num_classes=0); {_labels_fix(cfg)}"
+        )
     if settings.num_classes > num_data_classes:
         data = chosen_option(cfg, "data")
         fix = (
             f"set num_classes=0 (unconditional) or num_classes={num_data_classes}"
             if num_data_classes
-            else "set num_classes=0, or give the data set labels (data.num_classes)"
+            else f"set num_classes=0, or give the data set labels: {_labels_fix(cfg)}"
         )
         labels = f"{num_data_classes} labelled classes" if num_data_classes else "no labels"
         raise UserError(f"num_classes={settings.num_classes} but data={data} has {labels}; {fix}")
     return settings
+
+
+def _resolved(cfg: DictConfig, key: str) -> Any:
+    """cfg[key] with its interpolations resolved, as plain values."""
+    node = cfg[key]
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def _classes_from_data(cfg: DictConfig) -> bool:
+    """Whether num_classes follows the data set's class count (what conditional recipes set)."""
+    node = cfg._get_node("num_classes")
+    return node is not None and str(node._value()).replace(" ", "") == "${data.num_classes}"
+
+
+def _labels_fix(cfg: DictConfig) -> str:
+    if len(cfg.data.shape) == 1:  # a 2D mixture labels each point by its mode when asked
+        return (
+            "set data.num_classes to its number of modes (ring8: 8, grid25: 25) to label each "
+            "point by its mode, or choose a labelled data set (data=digits)"
+        )
+    return "choose a labelled data set (data=digits, mnist, cifar10) or set data.num_classes"
 
 
 def check_launch(cfg: DictConfig) -> None:

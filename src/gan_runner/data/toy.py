@@ -11,14 +11,26 @@ from gan_runner.data.module import TensorData
 
 
 class GaussianMixture2D:
-    """Equal-weight isotropic Gaussians at fixed means in the plane."""
+    """Equal-weight isotropic Gaussians at fixed means in the plane.
 
-    def __init__(self, means: Tensor, std: float, n_samples: int, seed: int) -> None:
+    With `num_classes` equal to the number of modes, each point's label is the index of the
+    Gaussian that drew it (class-conditional runs: one class per mode); with 0 it is unlabelled.
+    """
+
+    def __init__(
+        self, means: Tensor, std: float, n_samples: int, seed: int, num_classes: int = 0
+    ) -> None:
         if std <= 0:
             raise ValueError(f"std must be > 0, got {std}")
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        if num_classes not in (0, len(means)):
+            raise ValueError(
+                f"data.num_classes={num_classes}, but the mixture's labels are its {len(means)} "
+                f"mode indices; set data.num_classes={len(means)} (one class per mode) or 0"
+            )
         self.means, self.std, self.n_samples, self.seed = means, std, n_samples, seed
+        self.num_classes = num_classes
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         modes = torch.randint(len(self.means), (n,), generator=generator)
@@ -26,8 +38,9 @@ class GaussianMixture2D:
         return points, modes
 
     def load(self, resolution: int | None = None) -> TensorData:
-        points, _ = self.sample(self.n_samples, torch.Generator().manual_seed(self.seed))
-        return TensorData(points)  # unlabeled: which Gaussian drew a point is not data
+        # The same draws labelled or not: labels never change an unconditional run's points.
+        points, modes = self.sample(self.n_samples, torch.Generator().manual_seed(self.seed))
+        return TensorData(points, modes if self.num_classes else None)
 
 
 class GaussianRing(GaussianMixture2D):
@@ -40,11 +53,12 @@ class GaussianRing(GaussianMixture2D):
         std: float = 0.01,
         n_samples: int = 100_000,
         seed: int = 0,
+        num_classes: int = 0,
     ) -> None:
         # i/n (not linspace(0, 2π, n), which repeats its first centre: VEEGAN's 7-mode ring)
         angles = torch.arange(n_modes, dtype=torch.float64) * (2 * math.pi / n_modes)
         means = torch.stack([radius * angles.cos(), radius * angles.sin()], dim=1).float()
-        super().__init__(means, std, n_samples, seed)
+        super().__init__(means, std, n_samples, seed, num_classes)
 
 
 class GaussianGrid(GaussianMixture2D):
@@ -57,7 +71,8 @@ class GaussianGrid(GaussianMixture2D):
         std: float = 0.05,
         n_samples: int = 100_000,
         seed: int = 0,
+        num_classes: int = 0,
     ) -> None:
         axis = (torch.arange(side, dtype=torch.float32) - (side - 1) / 2) * spacing
         means = torch.cartesian_prod(axis, axis)
-        super().__init__(means, std, n_samples, seed)
+        super().__init__(means, std, n_samples, seed, num_classes)
