@@ -61,7 +61,7 @@ CHEAP_CLASSIFIER = [
 EVAL = ["n_samples=100", "show_progress=false", "num_workers=0"]
 # What gan-run refuses, rightly, in one line: an image architecture on 2D points, and a
 # class-conditional recipe on a data set without labels.
-REFUSALS = ("needs image data", "has no labels", "is class-conditional")
+REFUSALS = ("needs image data", "has no labels", "is class-conditional", "needs labelled data")
 
 
 # ----------------------------------------------------------------- cases

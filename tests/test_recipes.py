@@ -113,6 +113,9 @@ RING8 = {
     # As wgan, and slower: 4/8 modes, HQ 0.3% at 1k G steps; 8/8 but HQ 1.8% at 2.5k. Its own
     # toy generator has no BatchNorm (Gulrajani et al.'s gan_toy.py); with one, the samples
     # swing in and out (sliced W1 0.62 -> 0.86 at 200 G steps).
+    # The semi-supervised GAN needs labelled images for its K+1 critic; its own test (and the
+    # digits case below) holds it to a bar.
+    "ssgan": Ring8(marks=(pytest.mark.skip(reason="needs labelled images (data=digits)"),)),
     # Conditional: the mixture labels each point by its mode (8/8 modes, HQ 24.7% at 1k G steps).
     "cgan": Ring8(overrides=("data.num_classes=8",)),
     "wgan_gp": Ring8(

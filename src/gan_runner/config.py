@@ -118,6 +118,12 @@ def check_run_settings(cfg: DictConfig) -> RunSettings:
             f"${{data.num_classes}}) but data={chosen_option(cfg, 'data')} has no labels "
             f"(data.num_classes=0); {_labels_fix(cfg)}"
         )
+    if settings.num_classes and cfg.data.get("labeled_per_class") is not None:
+        raise UserError(
+            f"num_classes={settings.num_classes} conditions both players on labels, but "
+            f"data.labeled_per_class={cfg.data.labeled_per_class} hides most of them; set "
+            "num_classes=0 (model=ssgan's critic reads them) or data.labeled_per_class=null"
+        )
     if settings.num_classes > num_data_classes:
         data = chosen_option(cfg, "data")
         fix = (

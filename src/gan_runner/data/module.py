@@ -13,6 +13,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from gan_runner.errors import UserError
+
+UNLABELED = -1  # the label of a sample whose label a semi-supervised run hides
+# The test split held out of a labelled in-memory set without one of its own (digits) when
+# data.labeled_per_class is set: the classifier metric's holdout (metrics.extractors'
+# ClassifierSettings defaults: 20%, seed 0), so both score the same held-out images.
+TEST_FRACTION, TEST_SEED = 0.2, 0
+LABELED_STREAM_SEED = 1_000_003  # keeps the labelled stream's seeds apart from the shuffle's
+
 
 @dataclass
 class TensorData:
@@ -42,6 +51,22 @@ class IndexedTensors(Dataset):
         return batch
 
 
+class LabeledIndexedTensors(IndexedTensors):
+    """IndexedTensors that also serve a batch of the labelled subset (semi-supervised runs):
+    `labeled_samples` and `labeled_labels` beside `samples` and `labels`."""
+
+    def __init__(self, data: TensorData, labeled: TensorData) -> None:
+        super().__init__(data)
+        self.labeled = labeled
+
+    def __getitem__(self, indices: tuple[list[int], list[int]]) -> dict[str, Tensor]:
+        batch = super().__getitem__(indices[0])
+        chosen = torch.as_tensor(indices[1], device=self.labeled.samples.device)
+        batch["labeled_samples"] = self.labeled.samples[chosen]
+        batch["labeled_labels"] = self.labeled.labels[chosen]
+        return batch
+
+
 class ShuffledBatches(Sampler[list[int]]):
     """Index batches from a rank's shard of a seeded shuffle; reshuffles on set_epoch."""
 
@@ -65,6 +90,37 @@ class ShuffledBatches(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.shard) // self.batch_size
+
+
+class LabeledBatches(ShuffledBatches):
+    """ShuffledBatches, each paired with a batch of the labelled subset: the epoch's seeded
+    permutations of that subset tiled to its length (openai/improved-gan's MNIST loop), a
+    function of (seed, epoch, batch), so a resume mid-epoch draws what the straight run drew."""
+
+    def __init__(
+        self, n: int, n_labeled: int, batch_size: int, seed: int, rank: int, world_size: int
+    ) -> None:
+        super().__init__(n, batch_size, seed, rank, world_size)
+        self.n_labeled, self.seed, self.rank, self.world_size = n_labeled, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[list[int], list[int]]]:
+        number, size = self.skip, self.batch_size
+        tiled = self._labeled_order()
+        for indices in super().__iter__():
+            start = (number * self.world_size + self.rank) * size  # ranks take turns
+            yield indices, tiled[start : start + size].tolist()
+            number += 1
+
+    def _labeled_order(self) -> Tensor:
+        stream = torch.Generator().manual_seed((self.seed + 1) * LABELED_STREAM_SEED + self.epoch)
+        needed = len(self) * self.world_size * self.batch_size
+        rounds = math.ceil(needed / self.n_labeled)
+        return torch.cat([torch.randperm(self.n_labeled, generator=stream) for _ in range(rounds)])
 
 
 class SkippingSampler(Sampler[int]):
@@ -139,6 +195,53 @@ def resize_images(samples: Tensor, resolution: int, chunk: int = 4096) -> Tensor
     return out
 
 
+def held_out_indices(n: int, fraction: float = TEST_FRACTION, seed: int = TEST_SEED) -> Tensor:
+    """The first `fraction` of a seeded permutation of n: the classifier metric's test split."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[: max(1, int(fraction * n))]
+
+
+@dataclass
+class SemiSupervisedSplit:
+    """A labelled set cut for semi-supervised learning: the training samples, labels hidden
+    (-1) but for a class-balanced subset, that subset, and the held-out test split if cut."""
+
+    train: TensorData
+    labeled: TensorData
+    test: TensorData | None
+
+
+def semi_supervised_split(
+    data: TensorData, per_class: int, seed: int, hold_out: bool
+) -> SemiSupervisedSplit:
+    """Hold out the test split (if asked), then keep `per_class` labels of each class, chosen
+    by their own seeded generator so that no other random stream moves."""
+    kept = torch.ones(len(data), dtype=torch.bool)
+    test = None
+    if hold_out:
+        chosen = held_out_indices(len(data))
+        kept[chosen] = False
+        test = TensorData(data.samples[chosen], data.labels[chosen])
+    samples, labels = data.samples[kept], data.labels[kept]
+    counts = torch.bincount(labels)
+    smallest = int(counts.argmin())
+    if per_class > counts[smallest]:
+        raise UserError(
+            f"data.labeled_per_class={per_class} is more than the {int(counts[smallest])} "
+            f"training samples of class {smallest}, the smallest; lower data.labeled_per_class"
+        )
+    chooser = torch.Generator().manual_seed(seed)
+    picked = [
+        members[torch.randperm(len(members), generator=chooser)[:per_class]]
+        for members in (torch.nonzero(labels == k).flatten() for k in range(len(counts)))
+    ]
+    labeled = torch.cat(picked).sort().values
+    hidden = torch.full_like(labels, UNLABELED)
+    hidden[labeled] = labels[labeled]
+    train = TensorData(samples, hidden)
+    return SemiSupervisedSplit(train, TensorData(samples[labeled], labels[labeled]), test)
+
+
 class GANDataModule(pl.LightningDataModule):
     """Serves a source's training samples (and labels) as dict batches to every rank."""
 
@@ -154,6 +257,7 @@ class GANDataModule(pl.LightningDataModule):
         seed: int = 0,
         resolution: int | None = None,
         channels: int | None = None,
+        labeled_per_class: int | None = None,
     ) -> None:
         super().__init__()
         # resolution and channels are the config's handles on shape ([C, R, R] for images).
@@ -165,6 +269,18 @@ class GANDataModule(pl.LightningDataModule):
             raise ValueError(f"data.shape {list(shape)} does not match data.channels={channels}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if labeled_per_class is not None and (
+            isinstance(labeled_per_class, bool) or int(labeled_per_class) < 1
+        ):
+            raise ValueError(
+                f"labeled_per_class must be >= 1, or null (every sample labelled); got "
+                f"{labeled_per_class}"
+            )
+        self.labeled_per_class = labeled_per_class
+        # Semi-supervised runs: the labelled subset, and the held-out test split when the
+        # source has no test split of its own (metrics.critic_accuracy scores it).
+        self.labeled: TensorData | None = None
+        self.held_out: TensorData | None = None
         self.source = source
         self.batch_size, self.shape = batch_size, list(shape)
         self.num_classes, self.bounded = num_classes, bounded
@@ -184,6 +300,12 @@ class GANDataModule(pl.LightningDataModule):
         loaded = self.source.load(resolution=self.shape[-1] if len(self.shape) == 3 else None)
         if isinstance(loaded, TensorData):
             loaded = self._prepare_tensors(loaded)
+        elif self.labeled_per_class is not None:
+            raise UserError(
+                f"data.labeled_per_class={self.labeled_per_class} needs a data set held in "
+                f"memory, but {self._name()} is read from files per batch; set "
+                "data.labeled_per_class=null"
+            )
         self.data = loaded
 
     def _prepare_tensors(self, data: TensorData) -> TensorData:
@@ -195,14 +317,36 @@ class GANDataModule(pl.LightningDataModule):
                 f"data.shape is {self.shape} but the source gives samples of shape "
                 f"{list(samples.shape[1:])}; set data.shape (or data.resolution) to match"
             )
+        data = TensorData(samples, data.labels)
+        if self.labeled_per_class is not None:
+            data = self._split_labels(data)
         if len(data) < self.batch_size * self._world_size():
             raise ValueError(
                 f"data.batch_size={self.batch_size} is larger than the {len(data)} samples "
                 "available per step; lower data.batch_size"
             )
         device = self._device() if self.keep_on_device else torch.device("cpu")
-        labels = data.labels.to(device) if data.labels is not None else None
-        return TensorData(samples.to(device), labels)
+        if self.labeled is not None:
+            self.labeled = _on(self.labeled, device)
+        return _on(data, device)
+
+    def _split_labels(self, data: TensorData) -> TensorData:
+        """The semi-supervised cut; a source with a test split of its own loses no sample."""
+        if data.labels is None:
+            raise UserError(
+                f"data.labeled_per_class={self.labeled_per_class} needs labelled samples, but "
+                f"{self._name()} has none; set data.labeled_per_class=null"
+            )
+        source = self.source
+        own_test = (
+            "test" in getattr(source, "splits", ()) and getattr(source, "split", "") != "test"
+        )
+        split = semi_supervised_split(data, self.labeled_per_class, self.seed, not own_test)
+        self.labeled, self.held_out = split.labeled, split.test
+        return split.train
+
+    def _name(self) -> str:
+        return f"data={getattr(self.source, 'name', '') or type(self.source).__name__}"
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
@@ -218,6 +362,16 @@ class GANDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> ResumableLoader:
         self.setup()
         world, rank = self._world_size(), self._rank()
+        if self.labeled is not None:
+            sampler = LabeledBatches(
+                len(self.data), len(self.labeled), self.batch_size, self.seed, rank, world
+            )
+            return ResumableLoader(
+                LabeledIndexedTensors(self.data, self.labeled),
+                sampler=sampler,
+                batch_size=None,
+                seed=self.seed,
+            )
         if isinstance(self.data, TensorData):
             sampler = ShuffledBatches(len(self.data), self.batch_size, self.seed, rank, world)
             # batch_size=None: the sampler yields whole index batches and the dataset slices them.
@@ -243,8 +397,15 @@ class GANDataModule(pl.LightningDataModule):
         if isinstance(batch, (list, tuple)):  # torchvision datasets yield (image, label) pairs
             batch = {"samples": batch[0], "labels": batch[1]}
         batch["samples"] = to_model_range(batch["samples"])
+        if "labeled_samples" in batch:
+            batch["labeled_samples"] = to_model_range(batch["labeled_samples"])
         return batch
 
     def steps_per_epoch(self) -> int:
         self.setup()
         return math.floor(len(self.data) / (self.batch_size * self._world_size()))
+
+
+def _on(data: TensorData, device: torch.device) -> TensorData:
+    labels = data.labels.to(device) if data.labels is not None else None
+    return TensorData(data.samples.to(device), labels)

@@ -105,17 +105,22 @@ class AdversarialGame(Game):
         real_out = self.critic_outputs(module, real, real_labels)
         fake_out = self.critic_outputs(module, fake, fake_labels)
         real_scores, fake_scores = real_out.scores.float(), fake_out.scores.float()
-        losses = {"adversarial": self.objective.discriminator_loss(real_scores, fake_scores)}
+        losses: dict[str, Tensor | None] = {"adversarial": None}
+        logs: dict[str, Tensor] = {}
+        if not any(t.replaces_discriminator_objective for t in self.extra_terms.values()):
+            losses["adversarial"] = self.objective.discriminator_loss(real_scores, fake_scores)
+            logs = {"d_real": real_scores.detach().mean(), "d_fake": fake_scores.detach().mean()}
         inputs = PenaltyInputs(
             critic, real, fake, real_labels, fake_labels, module.counters.d_steps, module.noise
         )
         for name, regularizer in self.regularizers.items():
             losses[name] = regularizer.discriminator_penalty(inputs)
         if self.extra_terms:
-            play = Play(module, real, real_labels, fake, fake_labels, z, fake_out, real_out, codes)
+            play = Play(
+                module, real, real_labels, fake, fake_labels, z, fake_out, real_out, codes, batch
+            )
             for name, term in self.extra_terms.items():
                 losses[name] = term.discriminator_term(play)
-        logs = {"d_real": real_scores.detach().mean(), "d_fake": fake_scores.detach().mean()}
         return Terms(losses, logs)
 
     def _generator_terms(self, batch: dict[str, Tensor], module: Any) -> Terms:
@@ -139,7 +144,9 @@ class AdversarialGame(Game):
         for name, regularizer in self.regularizers.items():
             losses[name] = regularizer.generator_penalty(module.generator)
         if self.extra_terms:
-            play = Play(module, real, real_labels, fake, fake_labels, z, fake_out, real_out, codes)
+            play = Play(
+                module, real, real_labels, fake, fake_labels, z, fake_out, real_out, codes, batch
+            )
             for name, term in self.extra_terms.items():
                 losses[name] = term.generator_term(play)
         return Terms(losses)

@@ -23,6 +23,7 @@ class Play:
     fake_out: CriticOutput
     real_out: CriticOutput | None  # None in the generator's phase unless a term asks for it
     codes: dict[str, Tensor] = field(default_factory=dict)  # structured latent codes, if any
+    batch: dict[str, Tensor] = field(default_factory=dict)  # the whole batch (labelled streams)
 
 
 class Term:
@@ -32,7 +33,9 @@ class Term:
     heads: tuple[str, ...] = ()
     # The generator's phase computes the critic on real data only when a term asks.
     needs_real_in_generator_phase: bool = False
-    # True: the generator's phase drops the objective's loss (feature matching in the SSL GAN).
+    # True: a phase drops the objective's loss (the semi-supervised GAN's K+1 critic loss, its
+    # feature-matching generator loss).
+    replaces_discriminator_objective: bool = False
     replaces_generator_objective: bool = False
 
     def check(self, module: Any) -> None:

@@ -255,6 +255,12 @@ def _labelled_images(datamodule: Any) -> TensorData:
             f"metrics: the classifier extractor trains on labelled in-memory images, which "
             f"data={name} does not have; use metrics=inception instead"
         )
+    if bool((data.labels < 0).any()):  # data.labeled_per_class hides most labels
+        raise UserError(
+            "metrics: the classifier extractor trains on every label, but data.labeled_per_class "
+            "hides most of them (a semi-supervised run); use metrics=[critic_accuracy] or "
+            "metrics=inception"
+        )
     return data
 
 

@@ -321,3 +321,19 @@ def generator_norm(kind: str, features: int, reference_size: int, image: bool) -
     if kind == "virtual_batch":
         return VirtualBatchNorm(features, reference_size)
     return norm_2d(kind, features) if image else norm_1d(kind, features)
+
+
+class GaussianNoise(nn.Module):
+    """x + σε, ε ~ N(0, I), while training only: the Gaussian noise layers of Salimans et al.
+    2016's MNIST critic (drawn from torch's global stream, saved in every checkpoint)."""
+
+    def __init__(self, std: float) -> None:
+        super().__init__()
+        if std < 0:
+            raise ValueError(f"input_noise must be >= 0, got {std}")
+        self.std = std
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not self.std:
+            return x
+        return x + self.std * torch.randn_like(x)  # x + σε

@@ -13,6 +13,7 @@ from gan_runner.nets.layers import (
     ConcatLabels,
     CriticHeads,
     CriticOutput,
+    GaussianNoise,
     LabelEmbedding,
     MinibatchDiscrimination,
     ProjectionHead,
@@ -88,6 +89,7 @@ class MLPDiscriminator(nn.Module):
 
     `minibatch_discrimination: {kernels: B, kernel_dim: C}` scores each sample's closeness to
     the rest of its batch beside its last hidden layer (Salimans et al. 2016, §3.2).
+    `input_noise` σ adds Gaussian noise to its inputs while training (their MNIST critic).
     """
 
     def __init__(
@@ -100,9 +102,11 @@ class MLPDiscriminator(nn.Module):
         conditioning: str = "projection",
         heads: Mapping[str, Any] | None = None,
         minibatch_discrimination: Mapping[str, int] | None = None,
+        input_noise: float = 0.0,
     ) -> None:
         super().__init__()
         check_conditioning(conditioning)
+        self.input_noise = GaussianNoise(input_noise)  # no parameters: nothing else moves
         concat = bool(num_classes) and conditioning == "concat"
         in_dim = math.prod(data_shape) + (num_classes if concat else 0)
         layers = _mlp([in_dim, *hidden], lambda f: norm_1d(norm, f), nn.LeakyReLU(negative_slope))
@@ -120,7 +124,7 @@ class MLPDiscriminator(nn.Module):
             self.minibatch_score = nn.Linear(self.minibatch.kernels, 1, bias=False)
 
     def outputs(self, x: Tensor, labels: Tensor | None = None) -> CriticOutput:
-        x = x.flatten(1)
+        x = self.input_noise(x.flatten(1))
         if self.concat is not None:
             x = self.concat(x, labels)
         h = self.features(x)
