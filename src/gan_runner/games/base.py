@@ -74,13 +74,19 @@ class Phase:
 
 
 def prior_latent(
-    module: Any, n: int, generator: torch.Generator | None, truncation: float | None = None
+    module: Any,
+    n: int,
+    generator: torch.Generator | None,
+    truncation: float | None = None,
+    dim: int | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """n codes from the module's p(z) and, when conditional, uniform labels (in that order)."""
+    """n codes of `dim` (default z_dim) from the module's p(z), truncated by ψ when given, and,
+    when conditional, uniform labels (in that order)."""
+    dim = module.z_dim if dim is None else dim
     if truncation is None:
-        z = module.latent.sample(n, module.z_dim, generator)
+        z = module.latent.sample(n, dim, generator)
     else:
-        z = module.latent.truncated(n, module.z_dim, truncation, generator)
+        z = module.latent.truncated(n, dim, truncation, generator)
     if not module.num_classes:
         return z, None
     labels = torch.randint(module.num_classes, (n,), generator=generator, device=z.device)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from gan_runner.errors import UserError
 from gan_runner.games.adversarial import AdversarialGame
+from gan_runner.games.base import prior_latent
 from gan_runner.losses.base import Term
 from gan_runner.losses.mutual_information import MutualInformation
 from gan_runner.objectives import Objective
@@ -151,15 +152,8 @@ class InfoGANGame(AdversarialGame):
     ) -> tuple[Tensor, Tensor | None]:
         """[noise | codes], the noise truncated by ψ when given (gan-sample): codes never are."""
         dim = self.noise_dim(module.z_dim)
-        if truncation is None:
-            noise = module.latent.sample(n, dim, generator)
-        else:
-            noise = module.latent.truncated(n, dim, truncation, generator)
-        z = torch.cat([noise, self.layout.sample(n, generator, noise.device)], dim=1)
-        if not module.num_classes:
-            return z, None
-        labels = torch.randint(module.num_classes, (n,), generator=generator, device=z.device)
-        return z, labels
+        noise, labels = prior_latent(module, n, generator, truncation, dim)
+        return torch.cat([noise, self.layout.sample(n, generator, noise.device)], dim=1), labels
 
     def draw(self, module: Any, n: int) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
         z, labels = module.draw_latent(n)
