@@ -294,16 +294,24 @@ def test_class_accuracy_on_digits_uses_the_classifier_of_metrics_classifier(tmp_
     # Real digits as the "generator": the first image of each class, asked as itself or not.
     table = to_model_range(torch.stack([data.samples[data.labels == k][0] for k in range(10)]))
     extractor = ClassifierFeatures(steps=300)  # the digits runs below load it from the cache
-    evaluation = ClassAccuracy(extractor, num_classes=10, n_samples=1000)
+    evaluation = ClassAccuracy(extractor, num_classes=10, n_samples=2000)
     evaluation.prepare(datamodule)
     noise = torch.Generator().manual_seed(0)
     right = evaluation.evaluate(Stub(LookupGenerator(table), 64, 10), datamodule, noise)
     wrong = evaluation.evaluate(Stub(LookupGenerator(table, 1), 64, 10), datamodule, noise)
     seen = extractor.predict(table) == torch.arange(10)  # the classifier's verdict on the table
-    assert right["class_accuracy_1k"] == pytest.approx(float(seen.float().mean()))
-    assert right["class_accuracy_1k"] >= 0.9 and wrong["class_accuracy_1k"] <= 0.1
+    assert right["class_accuracy_2k"] == pytest.approx(float(seen.float().mean()))
+    assert right["class_accuracy_2k"] >= 0.9 and wrong["class_accuracy_2k"] <= 0.1
+    # Per-class FID (~180 digits and 200 samples a class, over 2x the 64 features): a class's own
+    # digit is far nearer its class than the next class's digit is.
+    per_class = [f"fid_class{c}_classifier_2k" for c in range(10)]
+    assert evaluation.names() == ["class_accuracy_2k", *per_class, "fid_classmean_classifier_2k"]
+    assert all(right[name] < wrong[name] for name in per_class), (right, wrong)
+    mean = sum(right[name] for name in per_class) / 10
+    assert right["fid_classmean_classifier_2k"] == pytest.approx(mean)
     provenance = evaluation.provenance()
     assert provenance["classifier_accuracy"] > 0.9 and len(provenance["weights_sha256"]) == 16
+    assert "skipped (under 128 samples): none" in provenance["class_fid"]
 
 
 # ----------------------------------------------------------------------------- digits

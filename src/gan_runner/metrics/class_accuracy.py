@@ -4,7 +4,9 @@ Each class is requested equally often (n/K samples of each of the K classes), an
 the class of every sample: on a 2D mixture the mode nearest to it (the mixture knows its means),
 on images the data set's own classifier, the one behind `metrics=[classifier]` (same settings,
 same cache file). The fraction judged as requested is AC-GAN's "Inception accuracy" (Odena et
-al. 2017, §4.1) on that classifier; an unconditional generator scores chance, 1/K.
+al. 2017, §4.1) on that classifier; an unconditional generator scores chance, 1/K. On images it
+also gives each class's FID in that classifier's features (generated samples of class c against
+the training images of class c), where both counts reach twice the feature size, and their mean.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gan_runner.data.module import TensorData
+from gan_runner.data.module import TensorData, to_model_range
 from gan_runner.errors import UserError
 from gan_runner.metrics.base import count, gather_rows, rank_rows
 from gan_runner.metrics.extractors import ClassifierFeatures
+from gan_runner.metrics.scores import frechet_distance
 
 
 def requested_labels(n: int, num_classes: int) -> Tensor:
@@ -79,9 +82,16 @@ class ClassAccuracy:
         self.n_samples, self.batch_size = n_samples, batch_size
         self._means: Tensor | None = None  # a 2D mixture's modes, once prepared on one
         self._judge = ""
+        self._real_features: dict[int, Tensor] = {}  # class -> its training images' features
+        self._skipped: list[int] = []  # classes too small for a per-class FID
 
     def names(self) -> list[str]:
-        return [f"class_accuracy_{count(self.n_samples)}"]
+        names = [f"class_accuracy_{count(self.n_samples)}"]
+        if self._real_features:  # images: per-class FID where the counts allow it
+            suffix = f"classifier_{count(self.n_samples)}"
+            names += [f"fid_class{c}_{suffix}" for c in sorted(self._real_features)]
+            names.append(f"fid_classmean_{suffix}")
+        return names
 
     def prepare(self, datamodule: Any, device: torch.device | str | None = None) -> None:
         """The mixture's means, or the data set's classifier (from the cache, or trained now)."""
@@ -106,6 +116,24 @@ class ClassAccuracy:
             )
         self.extractor.prepare(datamodule, device)
         self._judge = f"classifier of the data set (test accuracy {self.extractor.accuracy:.4f})"
+        self._prepare_class_features(data)
+
+    @torch.no_grad()
+    def _prepare_class_features(self, data: TensorData) -> None:
+        """Each class's real features, kept where it and its share of fakes can carry an FID
+        (a covariance of F features needs well over F samples: 2F here)."""
+        least = 2 * self.extractor.num_features
+        self._real_features, self._skipped = {}, []
+        for c in range(self.num_classes):
+            images = data.samples[data.labels == c]
+            if min(len(images), self.n_samples // self.num_classes) < least:
+                self._skipped.append(c)
+                continue
+            parts = [
+                self.extractor.extract(to_model_range(p))[0].double().cpu()
+                for p in images.split(500)
+            ]
+            self._real_features[c] = torch.cat(parts)
 
     def evaluate(
         self, module: Any, datamodule: Any, generator: torch.Generator
@@ -121,7 +149,24 @@ class ClassAccuracy:
         labels = rank_rows(requested_labels(self.n_samples, self.num_classes))
         fakes = conditional_fakes(module, labels, self.batch_size, generator)
         hits = (self._classify(fakes).cpu() == labels).float()
-        return {self.names()[0]: float(gather_rows(hits).mean())}
+        values = {self.names()[0]: float(gather_rows(hits).mean())}
+        if self._real_features:
+            values.update(self._class_fids(fakes, labels))
+        return values
+
+    @torch.no_grad()
+    def _class_fids(self, fakes: Tensor, labels: Tensor) -> dict[str, float]:
+        parts = [self.extractor.extract(p)[0].double() for p in fakes.split(self.batch_size)]
+        features = gather_rows(torch.cat(parts)).cpu()
+        labels = gather_rows(labels.to(features.device)).cpu()
+        names = self.names()[1:-1]
+        fids = [
+            frechet_distance(real, features[labels == c])
+            for c, real in sorted(self._real_features.items())
+        ]
+        values = dict(zip(names, fids))
+        values[self.names()[-1]] = sum(fids) / len(fids)  # the mean over the classes scored
+        return values
 
     def _classify(self, samples: Tensor) -> Tensor:
         if self._means is not None:
@@ -133,6 +178,13 @@ class ClassAccuracy:
         if self._means is None and self._judge:
             judged["weights_sha256"] = self.extractor.weights_hash()[:16]
             judged.update(self.extractor.provenance())
+        if self._real_features or self._skipped:
+            least = 2 * self.extractor.num_features
+            judged["class_fid"] = (
+                "FID in the classifier's features: class c's generated samples against the "
+                f"training images of class c; classes skipped (under {least} samples): "
+                f"{self._skipped or 'none'}"
+            )
         return {
             "protocol": "AC-GAN's accuracy of requested classes (Odena et al. 2017, §4.1)",
             "n_samples": self.n_samples,
