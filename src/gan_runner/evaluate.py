@@ -164,6 +164,10 @@ def checkpoint_data(cfg: DictConfig, run: DictConfig) -> Any:
                 f"ckpt={cfg.ckpt} names {where}._target_={target}, which is not run from a file "
                 f"unless trusted; if you wrote this checkpoint, pass trusted_targets=[{module}.]"
             )
+    if node.get("labeled_per_class") is not None:
+        # A semi-supervised run hid most labels from its critic; its samples are scored
+        # against the whole labelled set, like any run's.
+        node.labeled_per_class = None
     datamodule = build(OmegaConf.create({"data": node}), "data")
     datamodule.prepare_data()  # a vision set is found (or downloaded, if allowed) as in training
     return datamodule
