@@ -117,7 +117,7 @@ RING8 = {
     # digits case below) holds it to a bar.
     "ssgan": Ring8(marks=(pytest.mark.skip(reason="needs labelled images (data=digits)"),)),
     # Conditional: the mixture labels each point by its mode (8/8 modes, HQ 24.7% at 1k G steps).
-    "cgan": Ring8(overrides=("data.num_classes=8",)),
+    "cgan": Ring8(overrides=("data.num_classes=8",), marks=(pytest.mark.slow,)),
     "wgan_gp": Ring8(
         steady_d_steps=5000,
         modes_bar=False,
@@ -244,7 +244,16 @@ DIGITS_OVERRIDES = {
 }
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
+# Zoo recipes whose own family test trains them on embedded data against their own metric
+# (tests/test_conditional.py, test_infogan.py, test_semi_supervised.py): here only in test-all,
+# to keep `make test` under 15 minutes.
+FAMILY_TESTED = {"cgan", "acgan", "sngan_projection", "infogan", "ssgan"}
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [pytest.param(r, marks=[pytest.mark.slow] if r in FAMILY_TESTED else []) for r in RECIPES],
+)
 def test_recipe_learns_digits(make_cfg, recipe: str) -> None:
     extra = DIGITS_OVERRIDES.get(recipe, ())
     cfg = recipe_cfg(
