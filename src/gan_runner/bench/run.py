@@ -32,7 +32,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="repeatable")
     parser.add_argument("--ablation", action="append", help="fast path name(s); 'none' skips")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"subset of {','.join(PARTS)}")
-    parser.add_argument("--repeats", type=int, help="timed rounds per comparison (default 5)")
+    parser.add_argument("--repeats", type=int, help="timed rounds per comparison (default 9)")
     parser.add_argument("--seconds", type=float, help="length of one timed window (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace, workdir: Path, save: Callable[[dict], None]) -
     plan = Plan(
         device,
         workdir,
-        repeats=args.repeats or (2 if args.quick else 5),
+        repeats=args.repeats or (2 if args.quick else 9),
         target_s=args.seconds or (0.5 if args.quick else 3.0),
         ablation_repeats=args.repeats or (2 if args.quick else 4),
         ablation_target_s=args.seconds or (0.5 if args.quick else 2.0),
