@@ -31,6 +31,7 @@ from gan_runner.data.module import GANDataModule, to_model_range
 from gan_runner.data.readers import IMAGE_SUFFIXES, ImageFiles, list_images
 from gan_runner.errors import UserError
 from gan_runner.metrics.base import count
+from gan_runner.metrics.density1d import Density1D
 from gan_runner.metrics.extractors import ClassifierFeatures, InceptionFeatures, digest
 from gan_runner.metrics.fidelity import METRICS, FidelityEvaluation
 from gan_runner.metrics.mixture_eval import MixtureEvaluation
@@ -183,11 +184,23 @@ def _set_values(tree: Any) -> Any:
 
 def checkpoint_evaluation(cfg: DictConfig, run: DictConfig, datamodule: Any) -> tuple:
     """(evaluation, protocol for the report's name, note for the report) for this checkpoint."""
+    if list(datamodule.shape) == [1]:
+        return density_evaluation(cfg)
     if len(datamodule.shape) == 1:
         return mixture_evaluation(cfg, run, datamodule)
     extractor = choose_extractor(cfg, run)
     evaluation = fidelity(extractor, cfg, cfg.n_samples, cfg.split, cache_dir(cfg, run))
     return evaluation, f"{extractor.name}_{count(cfg.n_samples)}_{cfg.split}", ""
+
+
+def density_evaluation(cfg: DictConfig) -> tuple:
+    evaluation = Density1D(cfg.n_samples, cfg.batch_size)
+    note = (
+        "1D data: scored by quadrature against the data's density (JSD, KL both ways) instead "
+        f"of scores=[{','.join(metric_list(cfg))}]"
+    )
+    print(f"Note: {note}")
+    return evaluation, f"density1d_{evaluation.suffix}", note
 
 
 def mixture_evaluation(cfg: DictConfig, run: DictConfig, datamodule: Any) -> tuple:

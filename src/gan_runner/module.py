@@ -6,6 +6,7 @@ loss terms, optimizers) comes in as objects and config; this file never asks whi
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -21,6 +22,8 @@ from torch.optim import Optimizer
 
 from gan_runner.errors import UserError
 from gan_runner.games.base import CriticSchedule, Game, Phase, player_parameters
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CHECKPOINT_KEY", "Counters", "CriticSchedule", "GANModule"]
 
@@ -68,7 +71,15 @@ class GANModule(pl.LightningModule):
         self.network_names = tuple(networks)
         self.game, self.latent, self.z_dim = game, latent, z_dim
         self.players = dict(game.players)
-        player_parameters(self, self.players, self.network_names)  # refuses a non-partition
+        # Refuses players that do not partition the parameters.
+        owned = player_parameters(self, self.players, self.network_names)
+        # A player whose parameters are all frozen (requires_grad off) has nothing to step: its
+        # phases are skipped, and the other players train against it as it is.
+        self.frozen_players = frozenset(
+            player for player, params in owned.items() if not any(p.requires_grad for p in params)
+        )
+        for player in sorted(self.frozen_players):
+            log.info("player %s has no trainable parameters: its phases are skipped", player)
         missing = [player for player in self.players if player not in optimizers]
         if missing:
             raise ValueError(
@@ -159,7 +170,10 @@ class GANModule(pl.LightningModule):
     def _run_phase(
         self, phase: Phase, batch: dict[str, Tensor], optimizer: Any, logs: dict[str, Tensor]
     ) -> None:
-        """One optimizer step of the phase's player, unless lazy-idle or no term is active."""
+        """One optimizer step of the phase's player, unless lazy-idle, frozen, or no term is
+        active."""
+        if phase.player in self.frozen_players:
+            return
         due = self.phase_due[phase.name]
         self.phase_due[phase.name] = due + 1
         if due % phase.every:

@@ -1,8 +1,10 @@
-"""PNG output: image grids, 2D scatter plots and loss curves (matplotlib, no display)."""
+"""PNG output: image grids, 1D density plots, 2D scatter plots and loss curves (matplotlib, no
+display)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -58,3 +60,41 @@ def loss_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> None
     if any(history.values()):  # a run shorter than train.log_every logged nothing to label
         ax.legend(fontsize=8)
     save_png(_figure_to_tensor(fig), path)
+
+
+def density_1d(view: Any, path: Path, title: str = "") -> Tensor:
+    """1D data: the data density, a histogram and density of generated samples, and below it
+    the critic (σ(D) beside D* = p_data/(p_data + p_g) when its objective encodes the ratio,
+    else its raw output); saved and returned as uint8. `view` is a callbacks.samples.DensityView.
+    """
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(7, 6), dpi=100, sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+    )
+    x = view.x.numpy()
+    top.hist(
+        view.fake.numpy(), bins=100, range=(x[0], x[-1]), density=True, color="tab:red",
+        alpha=0.35, label=f"generated ({len(view.fake)})",
+    )  # fmt: skip
+    top.plot(x, view.p_model.numpy(), c="tab:red", lw=1, label=f"p_g ({view.model_kind})")
+    top.plot(x, view.p_data.numpy(), c="tab:blue", lw=2, label=f"p_data ({view.data_kind})")
+    top.set_ylabel("density")
+    top.legend(loc="upper right", fontsize=8)
+    top.set_title(title)
+    if view.d_critic is not None:
+        name = "σ(D(x))" if view.logistic else "critic's p_data/(p_data+p_g)"
+        bottom.plot(x, view.d_critic.numpy(), c="tab:green", lw=2, label=name)
+    bottom.plot(x, view.d_star.numpy(), c="black", ls="--", lw=1.5, label="D*(x)")
+    bottom.set_ylim(-0.02, 1.02)
+    bottom.set_ylabel("D(x)")
+    bottom.set_xlabel("x")
+    if view.scores is not None and view.d_critic is None:  # a critic without a ratio: raw
+        raw = bottom.twinx()
+        raw.plot(x, view.scores.numpy(), c="tab:green", lw=2, label="critic output")
+        raw.set_ylabel("critic output")
+        raw.legend(loc="upper left", fontsize=8)
+    bottom.legend(loc="upper right", fontsize=8)
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    image = _figure_to_tensor(fig)
+    save_png(image, path)
+    return image

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,12 +17,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from gan_runner.callbacks.samples import to_uint8_grid
+from gan_runner.callbacks.samples import density_view, to_uint8_grid
 from gan_runner.checkpoints import rebuild
 from gan_runner.errors import UserError
 from gan_runner.metrics.base import to_uint8
 from gan_runner.module import GANModule
-from gan_runner.plots import save_png, scatter_over_data
+from gan_runner.plots import density_1d, save_png, scatter_over_data
 from gan_runner.rejection import DiscriminatorRejection, log_ratio_of
 
 BLANK = 1.0  # white tiles pad the rows of the arithmetic sheet, like make_grid's padding
@@ -193,20 +194,30 @@ def grid_mode(module: GANModule, cfg: DictConfig, noise: torch.Generator, out: P
     draw, rejection = sampler(module, cfg, noise)
     samples = draw(cfg.n)
     report_rejection(rejection)
-    if samples.dim() == 2:  # 2D data: a scatter plot of the points
+    if samples.dim() == 2 and samples.shape[1] == 1:  # 1D data: densities and the critic
+        shown = samples if rejection is not None else None  # the kept ones, by their KDE
+        real, _ = _real_points(module, 10_000)
+        view = density_view(module, _source(module), real, max(cfg.n, 1000), noise, fake=shown)
+        density_1d(view, out, title=str(cfg.ckpt))
+    elif samples.dim() == 2:  # 2D data: a scatter plot of the points
         scatter_over_data(samples, *_real_points(module, cfg.n), out, title=str(cfg.ckpt))
     else:
         save_png(to_uint8_grid(samples, nrow=cfg.nrow), out)
     return [out]
 
 
-def _real_points(module: GANModule, n: int) -> tuple[Tensor, Tensor | None]:
-    """Real points to plot under 2D samples, when the run's source is synthetic (no files)."""
+def _source(module: GANModule) -> Any:
+    """The run's data source when it is synthetic (no files) and gan_runner's own, else None."""
     from hydra.utils import instantiate
 
     node = module.run_config.get("data", {}).get("source") or {}
     trusted = str(node.get("_target_", "")).startswith("gan_runner.data.")  # see checkpoints.py
-    source = instantiate(node) if trusted else None
+    return instantiate(node) if trusted else None
+
+
+def _real_points(module: GANModule, n: int) -> tuple[Tensor, Tensor | None]:
+    """Real points to plot under 2D samples, when the run's source is synthetic (no files)."""
+    source = _source(module)
     if not hasattr(source, "sample"):
         return torch.empty(0, 2), None
     points, _ = source.sample(n, torch.Generator().manual_seed(0))
@@ -230,9 +241,10 @@ def folder_mode(
         for i, image in enumerate(to_uint8(samples)):
             save_png(image, out / f"{start + i:06d}.png")
     report_rejection(rejection)
-    if points:  # 2D data: one CSV of x,y rows instead of images
-        rows = [f"{x:.6g},{y:.6g}" for x, y in torch.cat(points).tolist()]
-        (out / "points.csv").write_text("x,y\n" + "\n".join(rows) + "\n")
+    if points:  # 1D or 2D data: one CSV of x (or x,y) rows instead of images
+        header = "x,y" if points[0].shape[1] == 2 else "x"
+        rows = [",".join(f"{v:.6g}" for v in row) for row in torch.cat(points).tolist()]
+        (out / "points.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
     return [out]
 
 

@@ -26,7 +26,13 @@ log = logging.getLogger(__name__)
 
 # A metric's first word says which way is better: fid_inception_10k_test -> lower. `score` is
 # a ranking built to be maximised (score_2500: modes, then HQ%, then rKL; metrics.mixture).
-LOWER_IS_BETTER = {"fid", "kid", "rkl"}
+LOWER_IS_BETTER = {
+    "fid",
+    "kid",
+    "rkl",
+    "jsd",  # density1d: jsd_10k, the Jensen-Shannon divergence to 1D data's exact density
+    "kl",  # density1d: kl_data_model_10k, kl_model_data_10k
+}
 HIGHER_IS_BETTER = {
     "is",
     "precision",

@@ -158,6 +158,11 @@ class Game:
             f"game ({type(self).__name__}) has none: train with game=infogan, or use mode=grid"
         )
 
+    def sample_views(self, module: Any, samples: Tensor) -> dict[str, Tensor]:
+        """Extra (3, H, W) uint8 images this game draws from the sample grid's samples (EBGAN:
+        reconstructions and energies); SampleGrid saves each as g<steps>_<name>.png."""
+        return {}
+
     def check(self, module: Any) -> None:
         """Refuse, before training, networks this game cannot play with (a missing head)."""
 

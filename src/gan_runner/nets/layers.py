@@ -51,9 +51,13 @@ def check_image_shape(data_shape: Sequence[int], arch: str) -> tuple[int, int]:
     """Return (channels, resolution) of square image data, or say which arch fits the data."""
     shape = [int(size) for size in data_shape]
     if len(shape) != 3:
+        fix = (
+            "arch=mlp_1d or arch=gaussian_1d for 1D data"
+            if shape == [1]
+            else "arch=mlp for 2D data"
+        )
         raise ValueError(
-            f"arch {arch} needs image data (data.shape [C, H, W]), got {shape}; "
-            "use arch=mlp for 2D data"
+            f"arch {arch} needs image data (data.shape [C, H, W]), got {shape}; use {fix}"
         )
     channels, height, width = shape
     if height != width:

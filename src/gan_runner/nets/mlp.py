@@ -33,6 +33,23 @@ def _mlp(
     return layers
 
 
+# The critic's hidden activation by name; leaky ReLU is the default of every recipe.
+CRITIC_ACTIVATIONS: dict[str, Callable[[float], nn.Module]] = {
+    "leaky_relu": nn.LeakyReLU,
+    "relu": lambda slope: nn.ReLU(),
+    "tanh": lambda slope: nn.Tanh(),  # Nowozin et al. 2016's 1D critic
+}
+
+
+def critic_activation(name: str, negative_slope: float) -> nn.Module:
+    if name not in CRITIC_ACTIVATIONS:
+        raise ValueError(
+            f"activation={name!r} is not a critic activation; choose one of "
+            f"{', '.join(CRITIC_ACTIVATIONS)}"
+        )
+    return CRITIC_ACTIVATIONS[name](negative_slope)
+
+
 class MLPGenerator(nn.Module):
     """A multilayer perceptron generator, as in Goodfellow et al. 2014 and PacGAN's 2D setup.
 
@@ -84,8 +101,9 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """A multilayer perceptron critic with leaky ReLUs, conditioned by projection (Miyato &
-    Koyama 2018) or by one-hot labels joined to its input (Mirza & Osindero 2014).
+    """A multilayer perceptron critic with leaky ReLUs (or `activation: tanh | relu`),
+    conditioned by projection (Miyato & Koyama 2018) or by one-hot labels joined to its input
+    (Mirza & Osindero 2014).
 
     `minibatch_discrimination: {kernels: B, kernel_dim: C}` scores each sample's closeness to
     the rest of its batch beside its last hidden layer (Salimans et al. 2016, §3.2).
@@ -103,13 +121,15 @@ class MLPDiscriminator(nn.Module):
         heads: Mapping[str, Any] | None = None,
         minibatch_discrimination: Mapping[str, int] | None = None,
         input_noise: float = 0.0,
+        activation: str = "leaky_relu",
     ) -> None:
         super().__init__()
         check_conditioning(conditioning)
+        nonlinearity = critic_activation(activation, negative_slope)
         self.input_noise = GaussianNoise(input_noise)  # no parameters: nothing else moves
         concat = bool(num_classes) and conditioning == "concat"
         in_dim = math.prod(data_shape) + (num_classes if concat else 0)
-        layers = _mlp([in_dim, *hidden], lambda f: norm_1d(norm, f), nn.LeakyReLU(negative_slope))
+        layers = _mlp([in_dim, *hidden], lambda f: norm_1d(norm, f), nonlinearity)
         self.features = nn.Sequential(*layers)
         width = hidden[-1] if hidden else in_dim
         self.score = nn.Linear(width, 1)
