@@ -47,6 +47,23 @@ REFERENCES = {
         lambda o, r, f: torch.relu(1 - r).mean() + torch.relu(1 + f).mean(),
         lambda o, f: -f.mean(),
     ),
+    # f-GAN: −(E g_f(real) − E f*(g_f(fake))) from the table's plain conjugate, not the stable
+    # composite the class uses (tests/test_f_divergence.py checks every divergence by hand).
+    "FDivergence": (
+        lambda o, r, f: (
+            -(
+                o.divergence.activation(r).mean()
+                - o.divergence.conjugate(o.divergence.activation(f)).mean()
+            )
+        ),
+        lambda o, f: (
+            -(
+                o.divergence.conjugate(o.divergence.activation(f))
+                if o.saddle
+                else o.divergence.activation(f)
+            ).mean()
+        ),
+    ),
     "LeastSquares": (
         lambda o, r, f: (
             0.5 * ((r - o.real_label) ** 2).mean() + 0.5 * ((f - o.fake_label) ** 2).mean()

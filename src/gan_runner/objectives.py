@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gan_runner.divergences import divergence as find_divergence
+
 
 class Objective:
     """The adversarial game: a discriminator loss and a generator loss on critic scores."""
@@ -28,6 +30,10 @@ class Objective:
         """log p_data / p_g as the optimal critic of this game encodes it in its scores, or None
         when its optimum does not determine the ratio (used by rejection sampling)."""
         return None
+
+    def critic_logs(self, real: Tensor, fake: Tensor, loss: Tensor) -> dict[str, Tensor]:
+        """Diagnostics of the critic's step, logged as train/<key> beside its losses."""
+        return {}
 
 
 class _LogisticTarget:
@@ -120,3 +126,42 @@ class LeastSquares(Objective):
         span = high - low
         d = scores.double().clamp(low + 1e-6 * span, high - 1e-6 * span)
         return ((d - a) / (b - d)).log().to(scores.dtype)
+
+
+class FDivergence(Objective):
+    """The f-GAN game of Nowozin, Cseke & Tomioka 2016 (arXiv:1606.00709): the critic maximizes
+    F = E_P[g_f(V)] − E_Q[f*(g_f(V))], a lower bound on D_f(P‖Q), and the generator lowers it.
+
+    `divergence` names a row of gan_runner.divergences.DIVERGENCES. `generator_loss`: `saddle`
+    descends F itself; `non_saturating` ascends E_Q[g_f(V)], the paper's practical choice (§3.2),
+    Goodfellow's −log D trick for the GAN divergence.
+    """
+
+    generator_losses = ("non_saturating", "saddle")
+
+    def __init__(self, divergence: str = "gan", generator_loss: str = "non_saturating") -> None:
+        self.divergence = find_divergence(divergence)
+        if generator_loss not in self.generator_losses:
+            raise ValueError(
+                f"generator_loss={generator_loss!r} is unknown; choose one of "
+                f"{', '.join(self.generator_losses)}"
+            )
+        self.saddle = generator_loss == "saddle"
+
+    def discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        d = self.divergence  # −(E_P[g_f(V)] − E_Q[f*(g_f(V))])
+        return -(d.activation(real).mean() - d.conjugate_of_activation(fake).mean())
+
+    def generator_loss(self, fake: Tensor, real: Tensor | None = None) -> Tensor:
+        if self.saddle:
+            return -self.divergence.conjugate_of_activation(fake).mean()  # −E_Q[f*(g_f(V))]
+        return -self.divergence.activation(fake).mean()  # −E_Q[g_f(V)]
+
+    def log_density_ratio(self, scores: Tensor) -> Tensor | None:
+        # T* = f′(p/q): where f′ inverts in closed form the raw score gives log p/q.
+        log_ratio = self.divergence.log_ratio
+        return None if log_ratio is None else log_ratio(scores)
+
+    def critic_logs(self, real: Tensor, fake: Tensor, loss: Tensor) -> dict[str, Tensor]:
+        # The critic's loss is −F on this batch: its negation estimates D_f(P‖Q) from below.
+        return {"divergence_bound": -loss.detach()}

@@ -110,6 +110,9 @@ class AdversarialGame(Game):
         if not any(t.replaces_discriminator_objective for t in self.extra_terms.values()):
             losses["adversarial"] = self.objective.discriminator_loss(real_scores, fake_scores)
             logs = {"d_real": real_scores.detach().mean(), "d_fake": fake_scores.detach().mean()}
+            logs.update(
+                self.objective.critic_logs(real_scores, fake_scores, losses["adversarial"])
+            )
         inputs = PenaltyInputs(
             critic, real, fake, real_labels, fake_labels, module.counters.d_steps, module.noise
         )
