@@ -1,5 +1,5 @@
 """Console entry points: `gan-run` (train), `gan-sample`, `gan-eval` (checkpoints), `gan-report`
-(comparing run folders), `gan-list`."""
+(comparing run folders), `gan-theory` (the theory checks), `gan-list`."""
 
 from __future__ import annotations
 
@@ -288,6 +288,23 @@ def report() -> None:
     except Exception as error:
         if report_file_error(
             error, [Output(_report_out(sys.argv[1:]), "pass --out <another folder>", "--out")]
+        ):
+            sys.exit(2)
+        raise
+
+
+def theory() -> None:
+    """`gan-theory [--checks ...] [--out DIR]`: GAN theory checked on 1D Gaussians, a report."""
+    from gan_runner.theory import main, theory_out
+
+    try:
+        sys.exit(main())
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as error:
+        if report_file_error(
+            error, [Output(theory_out(sys.argv[1:]), "pass --out <another folder>", "--out")]
         ):
             sys.exit(2)
         raise
