@@ -62,7 +62,7 @@ def test_the_game_value_is_at_most_c_of_g_and_a_label_swap_breaks_it():
     def trained(swap: bool) -> torch.Tensor:
         loss = Minimax().discriminator_loss
         critic = train_critic(
-            QuadraticCritic(),
+            QuadraticCritic,
             (lambda r, f: loss(f, r)) if swap else loss,
             lambda n, g: data.sample(n, g),
             lambda n, g: model.sample(n, g),

@@ -111,14 +111,16 @@ class Training:
 
 
 def train_critic(
-    critic: nn.Module,
+    make_critic: Callable[[], nn.Module],
     loss: Callable[[Tensor, Tensor], Tensor],
     real: Callable[[int, torch.Generator], Tensor],
     fake: Callable[[int, torch.Generator], Tensor],
     training: Training,
     seed: int,
 ) -> nn.Module:
-    """Minimize `loss(critic(real), critic(fake))` over the critic's parameters only."""
+    """Minimize `loss(critic(real), critic(fake))` over a new critic's parameters only."""
+    torch.manual_seed(seed)  # its initial weights: the report is the same from any caller
+    critic = make_critic()
     noise = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(critic.parameters(), lr=training.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -202,7 +204,7 @@ def check_optimal_discriminator(settings: Settings, out: Path) -> tuple[Check, C
     d_passed = v_passed = True
     for index, (label, model) in enumerate(pairs):
         critic = train_critic(
-            mlp_critic(),
+            mlp_critic,
             Minimax().discriminator_loss,
             lambda n, g: data.sample(n, g).float(),
             sampler(frozen_generator(model)),
@@ -317,7 +319,7 @@ def check_f_bounds(settings: Settings, out: Path) -> Check:
             ("quadratic", QuadraticCritic, quadratic_training),
         ):
             critic = train_critic(
-                make(),
+                make,
                 objective.discriminator_loss,
                 lambda n, g, d=data: d.sample(n, g).float(),
                 lambda n, g, m=model: m.sample(n, g).float(),
