@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from gan_runner.data.toy import Mixture1D
-from gan_runner.divergences import gaussian_divergence
-from gan_runner.objectives import Minimax
+from gan_runner.divergences import bound_on_grid, gaussian_divergence
+from gan_runner.objectives import FDivergence, Minimax
 from gan_runner.theory import (
     GRID,
     LOG4,
+    PAIR,
     Normal,
     QuadraticCritic,
     Settings,
@@ -29,6 +30,7 @@ from gan_runner.theory import (
     main,
     on_grid,
     quadratic_family_optimum,
+    tanh_critic,
     train_critic,
 )
 
@@ -111,6 +113,24 @@ def test_an_unknown_check_is_one_line(tmp_path):
         "error: --checks nope: no check named nope; choose from optimal_discriminator, "
         "f_bounds, gaussian_fit"
     ]
+
+
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "jensen_shannon"])
+def test_a_shorter_mlp_critic_bound_reaches_the_divergence_and_never_exceeds_it(name):
+    # check 3 in make test's budget: the full check (every divergence, 2,000 steps) is slow.
+    data, model = PAIR
+    p, q = data.pdf(GRID), model.pdf(GRID)
+    critic = train_critic(
+        tanh_critic,
+        FDivergence(name).discriminator_loss,
+        lambda n, g: data.sample(n, g),
+        lambda n, g: model.sample(n, g),
+        Training(steps=1000, batch=512),
+        seed=0,
+    )
+    bound = bound_on_grid(name, on_grid(critic), p, q, GRID)
+    true = gaussian_divergence(name, (data.mean, data.std), (model.mean, model.std))
+    assert 0.95 * true <= bound <= true + 1e-3
 
 
 @pytest.mark.slow
