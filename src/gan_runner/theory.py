@@ -568,7 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny nets: a second thread only adds hand-off cost
     # The Gaussian fits build Lightning trainers: their banners would bury the verdicts.
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         results = run_checks(names, settings, out)
     finally:
