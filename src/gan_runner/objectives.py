@@ -138,6 +138,9 @@ class FDivergence(Objective):
     """
 
     generator_losses = ("non_saturating", "saddle")
+    # Its critic estimates D_f: weight clipping or a 1-centred penalty would make it a
+    # Lipschitz-bounded IPM critic instead (train.check_lipschitz_regularizers refuses them).
+    refuses_lipschitz_critic = True
 
     def __init__(self, divergence: str = "gan", generator_loss: str = "non_saturating") -> None:
         self.divergence = find_divergence(divergence)

@@ -35,7 +35,6 @@ from gan_runner.errors import UserError
 from gan_runner.loggers import fail_soft, finish_wandb
 from gan_runner.module import CHECKPOINT_KEY, Counters, GANModule
 from gan_runner.nets.layers import MinibatchDiscrimination
-from gan_runner.objectives import FDivergence
 from gan_runner.resume import ResumePlan, plan_resume, trim_history
 from gan_runner.speed import apply_speed_options
 
@@ -98,19 +97,20 @@ def build_discriminator(cfg: DictConfig, regularizers: dict[str, Any]) -> nn.Mod
     return discriminator
 
 
-def check_f_divergence_regularizers(
+def check_lipschitz_regularizers(
     cfg: DictConfig, objective: Any, regularizers: dict[str, Any]
 ) -> None:
-    """Refuse f-GAN with a Lipschitz constraint of the Wasserstein critic (weight clipping, the
-    1-centred gradient penalty): it bounds the critic to an IPM's, so the bound no longer
-    estimates D_f. Zero-centred penalties (zero_gp, r1) only smooth the critic; they are fine."""
-    if not isinstance(objective, FDivergence):
+    """Refuse a Lipschitz constraint of the Wasserstein critic (weight clipping, the 1-centred
+    gradient penalty) with an objective whose critic estimates a divergence (f-GAN): it bounds
+    the critic to an IPM's, so the bound no longer estimates D_f. Zero-centred penalties (zero_gp,
+    r1) only smooth the critic; they are fine."""
+    if not getattr(objective, "refuses_lipschitz_critic", False):
         return
     for name, regularizer in regularizers.items():
         if hasattr(regularizer, "clip_value") or getattr(regularizer, "target", 0) != 0:
             raise UserError(
                 f"regularizer={name} makes the critic a Lipschitz-bounded Wasserstein critic, "
-                f"so its bound no longer estimates the {objective.divergence.name} divergence of "
+                "so its bound no longer estimates the divergence of "
                 f"objective={chosen_option(cfg, 'objective')}; drop it, or use a zero-centred "
                 "penalty (regularizer=[zero_gp] or [r1])"
             )
@@ -121,7 +121,7 @@ def build_module(cfg: DictConfig) -> GANModule:
     settings = check_run_settings(cfg)
     regularizers = {name: build(cfg.regularizer, name) for name in cfg.regularizer}
     objective = build(cfg, "objective")
-    check_f_divergence_regularizers(cfg, objective, regularizers)
+    check_lipschitz_regularizers(cfg, objective, regularizers)
     if any(hasattr(r, "clip_value") for r in regularizers.values()) and not getattr(
         objective, "wasserstein", False
     ):
