@@ -23,7 +23,8 @@ def save_png(image: Tensor, path: Path) -> None:
     Image.fromarray(array.squeeze(2) if array.shape[2] == 1 else array).save(path)
 
 
-def _figure_to_tensor(fig) -> Tensor:
+def figure_to_uint8(fig) -> Tensor:
+    """A drawn matplotlib figure as a (3, H, W) uint8 tensor; the figure is closed."""
     fig.canvas.draw()
     rgba = np.asarray(fig.canvas.buffer_rgba())
     plt.close(fig)
@@ -42,7 +43,7 @@ def scatter_over_data(
     ax.set_aspect("equal")
     ax.legend(loc="upper right", markerscale=4, fontsize=8)
     ax.set_title(title)
-    image = _figure_to_tensor(fig)
+    image = figure_to_uint8(fig)
     save_png(image, path)
     return image
 
@@ -59,7 +60,7 @@ def loss_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> None
     ax.grid(alpha=0.3)
     if any(history.values()):  # a run shorter than train.log_every logged nothing to label
         ax.legend(fontsize=8)
-    save_png(_figure_to_tensor(fig), path)
+    save_png(figure_to_uint8(fig), path)
 
 
 def density_1d(view: Any, path: Path, title: str = "") -> Tensor:
@@ -95,6 +96,6 @@ def density_1d(view: Any, path: Path, title: str = "") -> Tensor:
     bottom.legend(loc="upper right", fontsize=8)
     bottom.grid(alpha=0.3)
     fig.tight_layout()
-    image = _figure_to_tensor(fig)
+    image = figure_to_uint8(fig)
     save_png(image, path)
     return image

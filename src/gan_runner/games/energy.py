@@ -23,6 +23,7 @@ from gan_runner.games.base import Phase, Terms
 from gan_runner.losses.base import Play, Term
 from gan_runner.nets.autoencoder import reconstruction_energy
 from gan_runner.objectives import NonSaturating, Objective
+from gan_runner.plots import figure_to_uint8
 from gan_runner.regularizers import Regularizer
 
 log = logging.getLogger(__name__)
@@ -196,15 +197,6 @@ class EnergyGame(AdversarialGame):
         return {}
 
 
-def _figure_to_uint8(fig: Any) -> Tensor:
-    import matplotlib.pyplot as plt
-
-    fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())
-    plt.close(fig)
-    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1)
-
-
 def _pyplot() -> Any:
     import matplotlib
 
@@ -235,7 +227,7 @@ def _reconstruction_figure(
     axes[1, 0].set_ylabel("Dec(Enc(x))", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _figure_to_uint8(fig)
+    return figure_to_uint8(fig)
 
 
 def _landscape_figure(points: Tensor, critic: Any, margin: float, title: str) -> Tensor:
@@ -260,4 +252,4 @@ def _landscape_figure(points: Tensor, critic: Any, margin: float, title: str) ->
     fig.colorbar(dots, ax=ax, label="energy of each sample")
     ax.set_aspect("equal")
     ax.set_title(title, fontsize=9)
-    return _figure_to_uint8(fig)
+    return figure_to_uint8(fig)
