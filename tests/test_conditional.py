@@ -235,6 +235,14 @@ def test_a_conditional_recipe_on_unlabelled_data_is_refused_in_one_line(tmp_path
     assert f"data={data} has no labels" in line and "set data.num_classes" in line, line
 
 
+def test_a_conditional_recipe_on_1d_data_is_told_1d_data_has_no_classes(tmp_path) -> None:
+    cfg = compose_config([*QUICK, "model=cgan", "data=gauss1d"], tmp_path)
+    with pytest.raises(UserError, match=r"model=cgan is class-conditional") as err:
+        assemble(cfg)
+    line = one_line(err)
+    assert "1D data sets have no classes" in line and "ring8" not in line, line
+
+
 def test_class_accuracy_on_an_unconditional_run_is_refused_in_one_line(tmp_path) -> None:
     cfg = compose_config([*QUICK, "data=ring8", "metrics=[class_accuracy]"], tmp_path)
     with pytest.raises(UserError, match=r"unconditional \(num_classes=0\)") as err:

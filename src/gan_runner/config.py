@@ -151,6 +151,8 @@ def _classes_from_data(cfg: DictConfig) -> bool:
 
 
 def _labels_fix(cfg: DictConfig) -> str:
+    if list(cfg.data.shape) == [1]:  # gauss1d and mixture1d have no classes to label
+        return "1D data sets have no classes; choose a labelled data set (data=digits)"
     if len(cfg.data.shape) == 1:  # a 2D mixture labels each point by its mode when asked
         return (
             "set data.num_classes to its number of modes (ring8: 8, grid25: 25) to label each "
