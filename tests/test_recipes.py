@@ -122,6 +122,10 @@ RING8 = {
     # tests/test_ebgan.py trains it on ring8 in make test; measured here: 8/8 modes, HQ 18.1%,
     # sliced W1 0.62 -> 0.11 at 1k G steps.
     "ebgan": Ring8(marks=(pytest.mark.slow,)),
+    # tests/test_bigan.py holds BiGAN's encoder to the official reconstruction ratio on digits;
+    # its generator on ring8 is not measured yet.
+    "bigan": Ring8(marks=(pytest.mark.slow,)),
+    "ali": Ring8(marks=(pytest.mark.slow,)),
     # Conditional: the mixture labels each point by its mode (8/8 modes, HQ 24.7% at 1k G steps).
     "cgan": Ring8(overrides=("data.num_classes=8",), marks=(pytest.mark.slow,)),
     "wgan_gp": Ring8(
@@ -253,7 +257,18 @@ DIGITS_OVERRIDES = {
 # Zoo recipes whose own family test trains them on embedded data against their own metric
 # (tests/test_conditional.py, test_infogan.py, test_semi_supervised.py, test_f_divergence.py,
 # test_ebgan.py): here only in test-all, to keep `make test` under 15 minutes.
-FAMILY_TESTED = {"cgan", "acgan", "sngan_projection", "infogan", "ssgan", "fgan", "ebgan"}
+# (test_bigan.py holds bigan and ali's encoder to the reconstruction ratio, not their samples.)
+FAMILY_TESTED = {
+    "cgan",
+    "acgan",
+    "sngan_projection",
+    "infogan",
+    "ssgan",
+    "fgan",
+    "ebgan",
+    "bigan",
+    "ali",
+}
 
 
 @pytest.mark.parametrize(

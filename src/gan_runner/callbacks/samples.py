@@ -130,7 +130,10 @@ def critic_scores(module: Any, x: Tensor) -> Tensor:
     try:
         with torch.no_grad():
             points = x.float().view(-1, 1).to(module.device)
-            return net(points, None).float().flatten().cpu().double()
+            # The game's own view of a lone sample (BiGAN's critic pairs it with E(x)).
+            critic = getattr(module.game, "critic", None)
+            scores = critic(module, points, None) if critic is not None else net(points, None)
+            return scores.float().flatten().cpu().double()
     finally:
         net.train(was_training)
 
