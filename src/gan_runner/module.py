@@ -155,7 +155,8 @@ class GANModule(pl.LightningModule):
             if batches_left <= phase_repeats:  # a phase steps on its cycle's last r batches
                 self._run_phase(phase, batch, optimizers[phase.player], logs)
         counters.d_steps += 1
-        counters.images_seen += batch["samples"].shape[0] * self.trainer.world_size
+        # A batch's first entry is its real samples ("samples", or a translation batch's "a").
+        counters.images_seen += next(iter(batch.values())).shape[0] * self.trainer.world_size
         if cycle_ends:
             for scheduler in self._schedulers():
                 scheduler.step()  # schedules advance in generator steps (cycles)

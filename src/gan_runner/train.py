@@ -116,6 +116,28 @@ def check_lipschitz_regularizers(
             )
 
 
+def check_domains(cfg: DictConfig, game: Any) -> None:
+    """Refuse a translation game on one-domain data, the reverse, and unpaired data for a game
+    that learns from aligned pairs, before any network is built."""
+    domains, paired = int(cfg.data.get("domains", 1)), bool(cfg.data.get("paired", False))
+    data, model = chosen_option(cfg, "data"), chosen_option(cfg, "model")
+    if game.domains == 2 and domains == 1:
+        raise UserError(
+            f"model={model} translates between two image domains, but data={data} has one; use "
+            "data=digits_unpaired, data=digits_paired, data=unpaired_folders or data=paired_folder"
+        )
+    if game.domains == 1 and domains == 2:
+        raise UserError(
+            f"data={data} holds two image domains (a translation set), but model={model} "
+            "generates from noise; use model=cyclegan or model=pix2pix, or a one-domain data set"
+        )
+    if game.needs_pairs and not paired:
+        raise UserError(
+            f"model={model} learns from aligned (a, b) pairs, but data={data} is unpaired; use "
+            "data=digits_paired or data=paired_folder, or model=cyclegan for unpaired sets"
+        )
+
+
 def build_module(cfg: DictConfig) -> GANModule:
     """The LightningModule for a composed config (also used to rebuild from a checkpoint)."""
     settings = check_run_settings(cfg)
@@ -132,6 +154,7 @@ def build_module(cfg: DictConfig) -> GANModule:
         )
     terms = {name: build(cfg.terms, name) for name in cfg.get("terms") or {}}
     game = build(cfg, "game", objective=objective, regularizers=regularizers, terms=terms)
+    check_domains(cfg, game)
     networks = {  # G first, then D: the order their weights are initialized in
         "generator": build(cfg.arch, "generator"),
         "discriminator": build_discriminator(cfg, regularizers),

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from gan_runner.data.two_domain import TwoDomainData, TwoDomainTensors
 from gan_runner.errors import UserError
 
 UNLABELED = -1  # the label of a sample whose label a semi-supervised run hides
@@ -258,6 +259,8 @@ class GANDataModule(pl.LightningDataModule):
         resolution: int | None = None,
         channels: int | None = None,
         labeled_per_class: int | None = None,
+        domains: int = 1,
+        paired: bool = False,
     ) -> None:
         super().__init__()
         # resolution and channels are the config's handles on shape ([C, R, R] for images).
@@ -276,7 +279,10 @@ class GANDataModule(pl.LightningDataModule):
                 f"labeled_per_class must be >= 1, or null (every sample labelled); got "
                 f"{labeled_per_class}"
             )
+        if domains not in (1, 2):
+            raise ValueError(f"data.domains must be 1 or 2, got {domains}")
         self.labeled_per_class = labeled_per_class
+        self.domains, self.paired = domains, paired
         # Semi-supervised runs: the labelled subset, and the held-out test split when the
         # source has no test split of its own (metrics.critic_accuracy scores it).
         self.labeled: TensorData | None = None
@@ -285,7 +291,7 @@ class GANDataModule(pl.LightningDataModule):
         self.batch_size, self.shape = batch_size, list(shape)
         self.num_classes, self.bounded = num_classes, bounded
         self.num_workers, self.keep_on_device, self.seed = num_workers, keep_on_device, seed
-        self.data: TensorData | Dataset | None = None
+        self.data: TensorData | TwoDomainData | Dataset | None = None
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node before setup runs on every rank, so a
@@ -298,7 +304,15 @@ class GANDataModule(pl.LightningDataModule):
         if self.data is not None:
             return
         loaded = self.source.load(resolution=self.shape[-1] if len(self.shape) == 3 else None)
-        if isinstance(loaded, TensorData):
+        if isinstance(loaded, TwoDomainData) != (self.domains == 2):
+            kind = "two image domains" if isinstance(loaded, TwoDomainData) else "one domain"
+            raise UserError(
+                f"{self._name()} sets data.domains={self.domains} but its source gives {kind}; "
+                "set data.domains to match the source"
+            )
+        if isinstance(loaded, TwoDomainData):
+            loaded = self._prepare_domains(loaded)
+        elif isinstance(loaded, TensorData):
             loaded = self._prepare_tensors(loaded)
         elif self.labeled_per_class is not None:
             raise UserError(
@@ -329,6 +343,24 @@ class GANDataModule(pl.LightningDataModule):
         if self.labeled is not None:
             self.labeled = _on(self.labeled, device)
         return _on(data, device)
+
+    def _prepare_domains(self, data: TwoDomainData) -> TwoDomainData:
+        """Both domains resized to the run's shape, checked, and moved to the device."""
+        a, b = (resize_images(x, self.shape[-1]) for x in (data.a, data.b))
+        for domain, images in (("A", a), ("B", b)):
+            if list(images.shape[1:]) != self.shape:
+                raise UserError(
+                    f"data.shape is {self.shape} but {self._name()}'s domain {domain} has images "
+                    f"of shape {list(images.shape[1:])}; set data.channels to match"
+                )
+            if len(images) < self.batch_size * self._world_size():
+                raise UserError(
+                    f"data.batch_size={self.batch_size} is larger than the {len(images)} images "
+                    f"of domain {domain} available per step; lower data.batch_size"
+                )
+        data = TwoDomainData(a, b, data.a_labels, data.b_labels, data.paired)
+        device = self._device() if self.keep_on_device else torch.device("cpu")
+        return data.to(device)
 
     def _split_labels(self, data: TensorData) -> TensorData:
         """The semi-supervised cut; a source with a test split of its own loses no sample."""
@@ -362,6 +394,8 @@ class GANDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> ResumableLoader:
         self.setup()
         world, rank = self._world_size(), self._rank()
+        if isinstance(self.data, TwoDomainData):
+            return self._two_domain_loader(world, rank)
         if self.labeled is not None:
             sampler = LabeledBatches(
                 len(self.data), len(self.labeled), self.batch_size, self.seed, rank, world
@@ -393,10 +427,22 @@ class GANDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def _two_domain_loader(self, world: int, rank: int) -> ResumableLoader:
+        n, seed = len(self.data), self.seed
+        if self.data.paired:  # the same indices into both domains
+            sampler = ShuffledBatches(n, self.batch_size, seed, rank, world)
+        else:  # domain B in its own seeded order per epoch, resumable like the labelled stream
+            sampler = LabeledBatches(n, len(self.data.b), self.batch_size, seed, rank, world)
+        return ResumableLoader(
+            TwoDomainTensors(self.data), sampler=sampler, batch_size=None, seed=seed
+        )
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> dict[str, Tensor]:
         if isinstance(batch, (list, tuple)):  # torchvision datasets yield (image, label) pairs
             batch = {"samples": batch[0], "labels": batch[1]}
-        batch["samples"] = to_model_range(batch["samples"])
+        for key in ("samples", "a", "b"):
+            if key in batch:
+                batch[key] = to_model_range(batch[key])
         if "labeled_samples" in batch:
             batch["labeled_samples"] = to_model_range(batch["labeled_samples"])
         return batch

@@ -109,6 +109,11 @@ class Game:
     """
 
     phase_names: tuple[str, ...] = ()
+    # Image-to-image games: the data's domain count they need (train.py refuses a mismatch),
+    # whether they need aligned (a, b) pairs, and whether the generator maps images, not z.
+    domains: int = 1
+    needs_pairs: bool = False
+    translates: bool = False
 
     def __init__(self, players: Mapping[str, Sequence[str]], phases: Sequence[Mapping[str, Any]]):
         self.players = {name: tuple(networks) for name, networks in players.items()}
