@@ -107,3 +107,19 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_config([*(QUICK if quick else []), *overrides], tmp_path / "run")
 
     return _make
+
+
+def game_of_recipe(recipe: str) -> type:
+    """The Game class conf/model/<recipe>.yaml selects, read from plain YAML (no composing):
+    its `override /game: <name>` entry, or the base config's adversarial game."""
+    import importlib
+
+    from omegaconf import OmegaConf
+
+    chosen = "adversarial"
+    for entry in OmegaConf.load(CONF / "model" / f"{recipe}.yaml").get("defaults", []):
+        if isinstance(entry, dict | DictConfig) and "override /game" in entry:
+            chosen = entry["override /game"]
+    target = OmegaConf.load(CONF / "game" / f"{chosen}.yaml")["_target_"]
+    module, _, name = target.rpartition(".")
+    return getattr(importlib.import_module(module), name)
