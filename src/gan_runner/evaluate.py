@@ -184,6 +184,8 @@ def _set_values(tree: Any) -> Any:
 
 def checkpoint_evaluation(cfg: DictConfig, run: DictConfig, datamodule: Any) -> tuple:
     """(evaluation, protocol for the report's name, note for the report) for this checkpoint."""
+    if int(run.data.get("domains", 1)) == 2:
+        return translation_evaluation(cfg, run)
     if list(datamodule.shape) == [1]:
         return density_evaluation(cfg)
     if len(datamodule.shape) == 1:
@@ -191,6 +193,23 @@ def checkpoint_evaluation(cfg: DictConfig, run: DictConfig, datamodule: Any) -> 
     extractor = choose_extractor(cfg, run)
     evaluation = fidelity(extractor, cfg, cfg.n_samples, cfg.split, cache_dir(cfg, run))
     return evaluation, f"{extractor.name}_{count(cfg.n_samples)}_{cfg.split}", ""
+
+
+def translation_evaluation(cfg: DictConfig, run: DictConfig) -> tuple:
+    """A translator's own protocol: the run's metrics.translation settings, else the defaults."""
+    from gan_runner.metrics.translation import TranslationMetrics
+
+    ran = [
+        m for m in run_metrics(run) if str(m.get("_target_", "")).endswith(".TranslationMetrics")
+    ]
+    unset = ("_target_", "cache_dir")
+    settings = {k: v for k, v in (ran[0] if ran else {}).items() if k not in unset}
+    evaluation = TranslationMetrics(cache_dir=cache_dir(cfg, run), **settings)
+    note = (
+        "a translator (data.domains=2): scored on the data's test split by metrics=[translation] "
+        f"instead of scores=[{','.join(metric_list(cfg))}]"
+    )
+    return evaluation, "translation_test", note
 
 
 def density_evaluation(cfg: DictConfig) -> tuple:

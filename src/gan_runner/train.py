@@ -285,6 +285,24 @@ class Assembled:
     loggers: list
 
 
+def check_metrics_fit_game(callbacks: list, game: Any) -> None:
+    """Latent-sample metrics cannot score a translator, nor translation metrics a sampler."""
+    translates = getattr(game, "translates", False)
+    for callback in callbacks:
+        for name, evaluation in (getattr(callback, "evaluations", None) or {}).items():
+            if getattr(evaluation, "translates", False) == translates:
+                continue
+            if translates:
+                raise UserError(
+                    f"metrics.{name} scores samples drawn from latents, but "
+                    f"{type(game).__name__} translates images; use metrics=[translation]"
+                )
+            raise UserError(
+                f"metrics.{name} scores an image translator, but {type(game).__name__} samples "
+                "from latents; drop translation from metrics"
+            )
+
+
 def assemble(cfg: DictConfig) -> Assembled:
     """Check the config, seed, and build data, module, callbacks and loggers."""
     quiet_library_noise()
@@ -296,6 +314,7 @@ def assemble(cfg: DictConfig) -> Assembled:
     module = build_module(cfg)
     apply_speed_options(module, cfg.get("speed"))
     callbacks = build_each(cfg, "callbacks")
+    check_metrics_fit_game(callbacks, module.game)
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it must hide
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     # First: the checkpoint and metrics callbacks read its stop on the run's last batch.

@@ -32,6 +32,8 @@ LOWER_IS_BETTER = {
     "rkl",
     "jsd",  # density1d: jsd_10k, the Jensen-Shannon divergence to 1D data's exact density
     "kl",  # density1d: kl_data_model_10k, kl_model_data_10k
+    "cycle",  # translation: cycle_l1_test, |F(G(a)) - a|
+    "paired",  # translation: paired_l1_test, |G(a) - b|
 }
 HIGHER_IS_BETTER = {
     "is",
@@ -45,6 +47,8 @@ HIGHER_IS_BETTER = {
     "score",
     "accuracy",  # a critic's held-out classification accuracy (the semi-supervised GAN)
     "class",  # class_accuracy: conditional samples of the class they were asked for
+    "label",  # translation: label_kept_test, G(a) keeps a's digit
+    "domain",  # translation: domain_b_test, G(a) judged as domain B
 }
 PREFIXES = ("val/", "best/")
 # Headlines kept to reproduce a paper, not to rank models: Parzen log-likelihood (Theis et al.
