@@ -31,10 +31,10 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from conftest import CONF, call_console, options
+from conftest import CONF, call_console, game_of_recipe, options
 from gan_runner import cli
 from gan_runner.checkpoints import load_checkpoint, rebuild, run_config
 from gan_runner.errors import UserError
@@ -77,14 +77,27 @@ class Case:
 
 
 def embedded_kinds() -> dict[str, list[str]]:
-    """Data sets that read no files, by kind: 2D points (ring8, grid25), images (digits)."""
+    """Data sets that read no files, by kind: 2D points (ring8, grid25), images (digits), and
+    two image domains: unpaired and paired (digits_unpaired, digits_paired)."""
     kinds: dict[str, list[str]] = {}
     for data in options("data"):
         node = OmegaConf.load(CONF / "data" / f"{data}.yaml")
         if "root" not in node.get("source", {}):
-            kind = "points" if len(node.get("shape", [])) == 1 else "images"
+            if node.get("domains", 1) == 2:
+                kind = "paired" if node.get("paired", False) else "unpaired"
+            else:
+                kind = "points" if len(node.get("shape", [])) == 1 else "images"
             kinds.setdefault(kind, []).append(data)
     return kinds
+
+
+def kinds_of(recipe: str) -> tuple[str, ...]:
+    """The kinds of data a recipe's game plays on: a translation game two domains (aligned
+    pairs if it needs them), any other points and images."""
+    game = game_of_recipe(recipe)
+    if game.domains == 2:
+        return ("paired",) if game.needs_pairs else ("unpaired",)
+    return ("points", "images")
 
 
 def make_cases() -> list[Case]:
@@ -99,6 +112,7 @@ def make_cases() -> list[Case]:
         (f"{model}-{sets[i % len(sets)]}", [f"model={model}", f"data={sets[i % len(sets)]}"], kind)
         for i, model in enumerate(options("model"))
         for kind, sets in kinds.items()
+        if kind in kinds_of(model)
     ]
     choices += [(e, [f"experiment={e}"], None) for e in options("experiment")]
     return [
@@ -126,10 +140,11 @@ class Plan:
 def narrow(cfg: Any) -> list[str]:
     """Tiny players of whatever family the config selects, found by their keys."""
     overrides = []
-    for side in ("generator", "discriminator"):
-        node = cfg.arch[side]
-        if "hidden" in node:  # MLPs
-            overrides.append(f"arch.{side}.hidden=[16]")
+    for side, node in cfg.arch.items():  # every network: a game's further ones too
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        for key in (k for k in node if str(k).endswith("hidden")):  # MLPs (BiGAN's x_hidden)
+            overrides.append(f"arch.{side}.{key}=[16]")
         if "base_width" in node:  # DCGAN
             overrides.append(f"arch.{side}.base_width=8")
         if "width" in node:  # SNGAN's ResNet
@@ -313,7 +328,13 @@ def test_eval_scores_every_checkpoint(trained, case: Case, monkeypatch, capsys) 
     for ckpt in checkpoints_of(run):
         last = ckpt.name == "last.ckpt"  # the live generator too, and the messages, once
         extra = ["also_live=true"] if last else []
-        if not points and run_extractor(run_config(load_checkpoint(ckpt))) is None:
+        # A translator is scored by its own protocol on the test split (metrics=[translation]).
+        translator = run_config(load_checkpoint(ckpt))["data"].get("domains", 1) == 2
+        if (
+            not points
+            and not translator
+            and run_extractor(run_config(load_checkpoint(ckpt))) is None
+        ):
             # No image metric in the run (metrics=[], or ssgan's critic accuracy): the extractor
             # defaults to Inception, whose weights are a download.
             if last and not inception_weights_here():  # (Inception on a CPU: too slow here)
@@ -330,6 +351,8 @@ def test_eval_scores_every_checkpoint(trained, case: Case, monkeypatch, capsys) 
             ("density1d_100" if one_d else "mixture_100") if points else "classifier_100_train"
         )
         generators = ["ema", "live"] if last else ["ema"]
+        if translator:  # translation recipes average no weights: only the live generator
+            protocol, generators = "translation_test", ["live"]
         assert [p.name for p in written] == [
             f"{ckpt.stem}-{protocol}-{g}.json" for g in generators
         ]
