@@ -138,3 +138,41 @@ def test_a_noise_model_on_two_domain_data_is_refused_in_one_line(tmp_path: Path)
     with pytest.raises(UserError, match="holds two image domains .* use model=cyclegan") as no:
         build_module(cfg)
     assert "\n" not in str(no.value)
+
+
+NARROW_TRANSLATORS = [
+    "data.resolution=8",
+    "data.batch_size=2",
+    "metrics=[]",
+    "train.g_steps=2",
+    "train.log_every=1",
+    "callbacks=none",
+]
+
+
+def test_translators_train_on_folder_sets(folders: Path, tmp_path: Path) -> None:
+    """CycleGAN on trainA/trainB folders and pix2pix on A|B images, two steps each."""
+    from gan_runner.train import train
+
+    cycle = [
+        "model=cyclegan",
+        "data=unpaired_folders",
+        f"data.source.root={folders / 'cycle'}",
+        "data.source.dataset=null",
+        *[f"arch.{net}.width=4" for net in ("generator", "generator_ba")],
+        *[f"arch.{net}.width=4" for net in ("discriminator", "discriminator_a")],
+        "arch.generator.n_blocks=1",
+        "arch.generator_ba.n_blocks=1",
+    ]
+    pairs = [
+        "model=pix2pix",
+        "data=paired_folder",
+        f"data.source.root={folders / 'pairs'}",
+        "data.source.dataset=null",
+        "arch.generator.base_width=4",
+        "arch.discriminator.width=4",
+    ]
+    for overrides in (cycle, pairs):
+        metrics = train(compose_config([*QUICK, *overrides, *NARROW_TRANSLATORS], tmp_path))
+        assert metrics["train/g_steps"] == 2
+        assert all(np.isfinite(metrics[k]) for k in ("train/d_loss", "train/g_loss"))
