@@ -156,6 +156,7 @@ def test_refuses_a_run_without_an_encoder_or_with_a_critic_blind_to_z(tmp_path) 
     # The players name the encoder, so the module refuses first; with them narrowed, the game.
     no_encoder = refused(tmp_path, "arch.generator.hidden=[16]", base=plain)
     assert "names encoder, but the architecture builds no such network" in no_encoder
+    assert "use an arch that builds encoder" in no_encoder
     alone = refused(tmp_path, "game.players.generator=[generator]", base=plain)
     assert "needs an encoder network" in alone and "arch=bigan_mlp" in alone
     blind = refused(

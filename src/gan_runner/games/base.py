@@ -205,7 +205,8 @@ def player_parameters(
             if path.split(".")[0] not in networks:
                 raise ValueError(
                     f"player {player} names {path}, but the architecture builds no such "
-                    f"network (it builds {', '.join(networks)})"
+                    f"network (it builds {', '.join(networks)}); use an arch that builds "
+                    f"{path} (a recipe's own: drop the arch override) or add arch.{path}"
                 )
             try:
                 module = root.get_submodule(path)
