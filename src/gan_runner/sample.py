@@ -1,5 +1,7 @@
 """gan-sample: grids, image folders, latent interpolations and latent arithmetic from a checkpoint.
 
+Modes that start from real images (reconstruct, translate) live in sample_inverse.py.
+
 Everything random (latents, perturbations) is drawn on the CPU from one torch.Generator(seed), so
 the same command writes the same files on any device.
 """
@@ -24,6 +26,12 @@ from gan_runner.metrics.base import to_uint8
 from gan_runner.module import GANModule
 from gan_runner.plots import density_1d, save_png, scatter_over_data
 from gan_runner.rejection import DiscriminatorRejection, log_ratio_of
+from gan_runner.sample_inverse import (
+    check_inverse_request,
+    reconstruct_mode,
+    refuse_mode,
+    translate_mode,
+)
 
 BLANK = 1.0  # white tiles pad the rows of the arithmetic sheet, like make_grid's padding
 
@@ -36,6 +44,7 @@ def sample(cfg: DictConfig) -> list[Path]:
         raise UserError(f"mode={cfg.mode} is unknown; choose one of: {', '.join(MODES)}")
     _check_counts(cfg)
     _check_rejection(cfg)
+    check_inverse_request(cfg)
     out = Path(cfg.out or ("samples" if cfg.mode == "folder" else f"{cfg.mode}.png"))
     if cfg.mode != "folder" and out.suffix.lower() not in Image.registered_extensions():
         raise UserError(
@@ -46,6 +55,7 @@ def sample(cfg: DictConfig) -> list[Path]:
     module, _ = rebuild(cfg.ckpt, cfg.use_ema, cfg.device, trusted_targets=trusted)
     if cfg.use_ema and getattr(module, "generator_ema", None) is None:
         print(f"Note: ckpt={cfg.ckpt} has no EMA generator; sampling the live generator")
+    refuse_mode(module, cfg)
     check_class_label(module, cfg.class_label, cfg.ckpt)
     noise = torch.Generator().manual_seed(cfg.seed)
     written = MODES[cfg.mode](module, cfg, noise, out)
@@ -380,4 +390,6 @@ MODES: dict[str, Callable[[GANModule, DictConfig, torch.Generator, Path], list[P
     "interpolate": interpolate_mode,
     "arithmetic": arithmetic_mode,
     "traversal": traversal_mode,
+    "reconstruct": reconstruct_mode,  # BiGAN/ALI: x beside G(E(x)) (sample_inverse.py)
+    "translate": translate_mode,  # CycleGAN, pix2pix: source | translation | cycle back
 }

@@ -34,6 +34,7 @@ LOWER_IS_BETTER = {
     "kl",  # density1d: kl_data_model_10k, kl_model_data_10k
     "cycle",  # translation: cycle_l1_test, |F(G(a)) - a|
     "paired",  # translation: paired_l1_test, |G(a) - b|
+    "reconstruction",  # metrics.encoder: reconstruction_ratio (EGr/EGr_b), reconstruction_mse
 }
 HIGHER_IS_BETTER = {
     "is",
@@ -49,6 +50,7 @@ HIGHER_IS_BETTER = {
     "class",  # class_accuracy: conditional samples of the class they were asked for
     "label",  # translation: label_kept_test, G(a) keeps a's digit
     "domain",  # translation: domain_b_test, G(a) judged as domain B
+    "probe",  # metrics.encoder: a linear probe's held-out accuracy on encoder features
 }
 PREFIXES = ("val/", "best/")
 # Headlines kept to reproduce a paper, not to rank models: Parzen log-likelihood (Theis et al.
