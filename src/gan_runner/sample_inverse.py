@@ -145,7 +145,7 @@ def reconstruct_mode(
     if getattr(module, "encoder", None) is None:
         raise UserError(
             f"mode=reconstruct shows G(E(x)), but ckpt={cfg.ckpt} has no encoder network "
-            f"({type(module.game).__name__}); train with model=bigan or model=ali"
+            f"({type(module.game).__name__}); train with model=bigan, model=ali or model=aae"
         )
     shape = list(module.run_config["data"]["shape"])
     if len(shape) != 3:

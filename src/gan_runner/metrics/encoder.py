@@ -33,7 +33,7 @@ def check_encoder(module: Any, metric: str) -> None:
         game = type(getattr(module, "game", None)).__name__
         raise UserError(
             f"metrics.{metric} scores an encoder E: x -> z, which this run ({game}) has not got; "
-            f"train with model=bigan or model=ali, or drop {metric} from metrics"
+            f"train with model=bigan, model=ali or model=aae, or drop {metric} from metrics"
         )
 
 
