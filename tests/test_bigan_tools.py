@@ -147,7 +147,7 @@ def test_metrics_refuse_a_run_without_encoder_or_labels_in_one_line():
         with pytest.raises(UserError) as refused:
             metric.evaluate(no_encoder, data, None)
         message = str(refused.value)
-        assert f"metrics.{name}" in message and "model=bigan or model=ali" in message
+        assert f"metrics.{name}" in message and "model=bigan, model=ali or model=aae" in message
         assert "\n" not in message
     # Before training: the callbacks prepare each metric with the trainer's module at hand.
     data.trainer = SimpleNamespace(lightning_module=no_encoder)

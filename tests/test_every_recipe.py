@@ -180,6 +180,8 @@ def metrics_on(cfg: Any) -> list[str]:
     else:
         own = ["mixture"] if len(cfg.data.shape) == 1 else ["classifier"]
     overrides = [f"metrics=[{','.join(own)}]"]
+    if "translation" in own:  # its two judges, cheap: trained once per data set per session
+        overrides.append("metrics.translation.steps=50")
     return overrides + (CHEAP_CLASSIFIER if "classifier" in own else [])
 
 
