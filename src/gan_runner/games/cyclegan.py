@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gan_runner.games.base import Game, Phase, Terms
+from gan_runner.games.base import Phase, Terms
 from gan_runner.games.image_pool import ImagePool
+from gan_runner.games.translation import TranslationGame
 from gan_runner.objectives import Objective
 
 # The four networks, each built by arch.<name>, and what each one is.
@@ -29,7 +30,7 @@ ROLES = {
 }
 
 
-class CycleGANGame(Game):
+class CycleGANGame(TranslationGame):
     """CycleGAN's game (Zhu et al. 2017): two adversarial translations tied by an L1 cycle loss.
 
     The generators' phase sums, for each direction, the objective's generator loss on the
@@ -40,8 +41,7 @@ class CycleGANGame(Game):
     """
 
     phase_names = ("generator", "discriminator")
-    domains = 2
-    translates = True
+    name = "cyclegan"
 
     def __init__(
         self,
@@ -64,6 +64,7 @@ class CycleGANGame(Game):
                 f"{lambda_cycle}, {lambda_identity}, {adversarial_weight}"
             )
         self.objective, self.shape = objective, tuple(int(s) for s in shape)
+        self.input_shape = self.shape
         self.lambda_cycle, self.lambda_identity = lambda_cycle, lambda_identity
         self.adversarial_weight = adversarial_weight
         self.regularizers, self.extra_terms = dict(regularizers or {}), dict(terms or {})
@@ -72,7 +73,6 @@ class CycleGANGame(Game):
             ImagePool(pool_size, 2 * seed),
             ImagePool(pool_size, 2 * seed + 1),
         )
-        self.captured = False  # whether fixed_latent holds real A images yet
         self._fakes: dict[str, Tensor] = {}
 
     # ----------------------------------------------------------------- checks and sampling
@@ -83,30 +83,9 @@ class CycleGANGame(Game):
                 f"game=cyclegan needs arch.{missing[0]} ({ROLES[missing[0]]}) with a _target_; "
                 "use arch=cyclegan_resnet"
             )
-        extras = [*self.regularizers, *self.extra_terms]
-        if extras:
-            raise ValueError(
-                f"game=cyclegan takes no regularizers or terms (got {', '.join(extras)}); set "
-                "regularizer=[] terms=[]"
-            )
-        if module.num_classes:
-            raise ValueError(
-                f"game=cyclegan translates images without labels, got num_classes="
-                f"{module.num_classes}; set num_classes=0"
-            )
+        self.refuse_labels_and_extras(module)
         for name in ROLES:
             _check_network(module, name, self.shape)
-
-    def draw_latent(
-        self,
-        module: Any,
-        n: int,
-        generator: torch.Generator | None,
-        truncation: float | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Zeros in the shape of an A image: the sample grid's inputs until the first batch's
-        A images replace them (`rollout`); a translation has no latent prior to draw from."""
-        return torch.zeros((n, *self.shape)), None
 
     def sample_views(self, module: Any, samples: Tensor) -> dict[str, Tensor]:
         """Rows of 8: fixed A images, G(A), and F(G(A)) when F exists."""
@@ -125,7 +104,7 @@ class CycleGANGame(Game):
         generators' phase (the critics' phase detaches them)."""
         a, b = batch["a"], batch["b"]
         if not self.captured:
-            self._capture(module, a)
+            self.capture_inputs(module, a)
         fake_b = module.generator(a, None)
         fake_a = module.generator_ba(b, None)
         self._fakes = {
@@ -134,13 +113,6 @@ class CycleGANGame(Game):
             "cycle_a": module.generator_ba(fake_b, None),  # F(G(a))
             "cycle_b": module.generator(fake_a, None),  # G(F(b))
         }
-
-    def _capture(self, module: Any, a: Tensor) -> None:
-        """The first batch's A images, cycled to the grid's size, become the fixed inputs."""
-        fixed = module.fixed_latent
-        rows = torch.arange(fixed.shape[0], device=a.device) % a.shape[0]
-        fixed.copy_(a.detach()[rows].to(fixed.device, fixed.dtype))
-        self.captured = True
 
     def terms(self, phase: Phase, batch: dict[str, Tensor], module: Any, gain: int) -> Terms:
         if not self._fakes:

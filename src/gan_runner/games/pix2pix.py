@@ -18,13 +18,14 @@ import torch
 from torch import Tensor
 
 from gan_runner.callbacks.samples import to_uint8_grid
-from gan_runner.games.base import Game, Phase, Terms
+from gan_runner.games.base import Phase, Terms
+from gan_runner.games.translation import TranslationGame
 from gan_runner.losses.base import Term
 from gan_runner.objectives import Objective
 from gan_runner.regularizers import Regularizer
 
 
-class Pix2PixGame(Game):
+class Pix2PixGame(TranslationGame):
     """pix2pix's game (Isola et al. 2017, eq. 4): min_G max_D L_cGAN(G, D) + lambda L_L1(G),
     the critic seeing the source image beside the real or generated target.
 
@@ -35,9 +36,8 @@ class Pix2PixGame(Game):
     """
 
     phase_names = ("discriminator", "generator")
-    domains = 2
+    name = "pix2pix"
     needs_pairs = True
-    translates = True
 
     def __init__(
         self,
@@ -60,25 +60,15 @@ class Pix2PixGame(Game):
         self.objective = objective
         self.shape = tuple(int(s) for s in shape)
         self.condition_shape = self.shape if condition_shape is None else tuple(condition_shape)
+        self.input_shape = self.condition_shape
         self.l1_weight, self.discriminator_weight = float(l1_weight), float(discriminator_weight)
         self.regularizers, self.extra_terms = dict(regularizers or {}), dict(terms or {})
-        self.captured = False  # the sample grids' a images were taken from the first batch
         self.fixed_targets: Tensor | None = None  # their b, for the translation view
         self._rolled: tuple[Tensor, Tensor] | None = None  # (this batch's a, G(a))
 
     # ----------------------------------------------------------------- refusals
     def check(self, module: Any) -> None:
-        if module.num_classes:
-            raise ValueError(
-                f"game=pix2pix translates images and takes no classes, got num_classes="
-                f"{module.num_classes}; set num_classes=0"
-            )
-        extras = [*self.regularizers, *self.extra_terms]
-        if extras:
-            raise ValueError(
-                f"game=pix2pix takes no regularizers or terms (got {', '.join(extras)}); set "
-                "regularizer=[] terms=[]"
-            )
+        self.refuse_labels_and_extras(module)
         generator, critic = module.generator, module.discriminator
         if not hasattr(generator, "in_channels") or not hasattr(generator, "out_channels"):
             raise ValueError(
@@ -114,17 +104,6 @@ class Pix2PixGame(Game):
                 )
 
     # ----------------------------------------------------------------- sample grids
-    def draw_latent(
-        self,
-        module: Any,
-        n: int,
-        generator: torch.Generator | None,
-        truncation: float | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Zeros in a's shape: the module's fixed_latent, filled with real a's at the first
-        batch (the generator's input is an image, not a draw from a prior)."""
-        return torch.zeros(n, *self.condition_shape), None
-
     def sample_views(self, module: Any, samples: Tensor) -> dict[str, Tensor]:
         """Rows a, G(a), b of the fixed images (b once captured): the translation at a glance."""
         n = min(8, len(samples))
@@ -136,11 +115,8 @@ class Pix2PixGame(Game):
         return {"translation": to_uint8_grid(torch.cat(rows), nrow=n)}
 
     def _capture(self, batch: dict[str, Tensor], module: Any) -> None:
-        a, b = batch["a"], batch["b"]
-        rows = torch.arange(len(module.fixed_latent), device=a.device) % len(a)  # cycled
-        module.fixed_latent.copy_(a.detach()[rows].to(module.fixed_latent))
-        self.fixed_targets = b.detach()[rows].float().cpu()
-        self.captured = True
+        rows = self.capture_inputs(module, batch["a"])
+        self.fixed_targets = batch["b"].detach()[rows].float().cpu()
 
     # ----------------------------------------------------------------- the step
     def rollout(self, batch: dict[str, Tensor], module: Any) -> None:
