@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from gan_runner.data.module import IndexedTensors, ShuffledBatches, TensorData, to_model_range
+from gan_runner.data.batches import IndexedTensors, ShuffledBatches
+from gan_runner.data.module import TensorData, to_model_range
 from gan_runner.module import GANModule
 from gan_runner.regularizers import PenaltyInputs
 
