@@ -281,6 +281,7 @@ def test_translation_keeps_the_digit_looks_like_b_and_cycles_back(tmp_path) -> N
     assert after["label_kept_test"] >= 0.6, after
     assert after["cycle_l1_test"] <= 0.4 * before["cycle_l1_test"], (before, after)
     assert after["domain_b_test"] >= 0.9 and real_a.float().mean() <= 0.4, after
+    assert after["fid_judge_b_test"] <= 0.5 * before["fid_judge_b_test"], (before, after)
 
 
 @pytest.mark.slow

@@ -9,6 +9,9 @@
   still scramble the classes), when the source has labels;
 - `domain_b_test`: the fraction of G(a) a classifier of A against B (trained on the training
   images of both) calls B: 0 for the identity map, about 1 when G(a) looks like B.
+- `fid_judge_b_test`: FID in the target domain: the Fréchet distance between G(a) and the real
+  test B images in the label judge's features (a classifier of B's own classes, like the
+  classifier FID of metrics.extractors), when the source has labels.
 
 Both classifiers are the small CNN of metrics.extractors, trained once with a fixed seed on the
 training split and cached by the data's bytes and the settings; fakes are quantized to uint8
@@ -39,6 +42,7 @@ from gan_runner.metrics.extractors import (
     tensor_digest,
     train_classifier,
 )
+from gan_runner.metrics.scores import frechet_distance
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ class TranslationMetrics:
         self.eval_batch_size = eval_batch_size
         self.test: TwoDomainData | None = None
         self.judges: dict[str, SmallClassifier] = {}  # "label", "domain"
+        self.real_b_features: Tensor | None = None  # the domain judge's, of the test B images
         self.accuracy: dict[str, float] = {}  # each judge's held-out accuracy on real images
 
     def prepare(self, datamodule: Any, device: torch.device | str | None = None) -> None:
@@ -87,6 +92,19 @@ class TranslationMetrics:
         self._judge("domain", TensorData(torch.cat([train.a, train.b]), roles))
         for net in self.judges.values():
             net.to(device or "cpu")
+        if "label" in self.judges:  # the target domain's test images, judged once
+            self.real_b_features = torch.cat(
+                [
+                    self.features(to_model_range(self.test.b[i : i + self.eval_batch_size]))
+                    for i in range(0, len(self.test.b), self.eval_batch_size)
+                ]
+            )
+
+    def features(self, images: Tensor) -> Tensor:
+        """The label judge's penultimate features of images in [-1, 1], quantized as the reals."""
+        judge = self.judges["label"]
+        quantized = to_model_range(to_uint8(images)).to(next(judge.parameters()).device)
+        return judge(quantized)[0].double().cpu()
 
     def _judge(self, role: str, data: TensorData) -> None:
         key = digest("translation-judge-v1", role, tensor_digest(data.samples, data.labels))
@@ -122,8 +140,10 @@ class TranslationMetrics:
         if self.test is None:
             self.prepare(datamodule, module.device)
         sums: dict[str, float] = {}
-        n = len(self.test.a)
+        n, fake_features = len(self.test.a), []
         for a, b, labels, translated, cycled in self._translations(module):
+            if self.real_b_features is not None:
+                fake_features.append(self.features(translated))
             parts = {
                 "cycle_l1_test": None if cycled is None else (cycled - a).abs().mean((1, 2, 3)),
                 "paired_l1_test": (translated - b).abs().mean((1, 2, 3))
@@ -136,7 +156,11 @@ class TranslationMetrics:
                 if values is not None:
                     sums[name] = sums.get(name, 0.0) + float(values.float().sum())
         # L1 on the [0, 1] pixel scale: half the [-1, 1] model range's.
-        return {k: v / n / (2 if "l1" in k else 1) for k, v in sorted(sums.items())}
+        values = {k: v / n / (2 if "l1" in k else 1) for k, v in sums.items()}
+        if fake_features:
+            fake = torch.cat(fake_features)
+            values["fid_judge_b_test"] = frechet_distance(self.real_b_features, fake)
+        return dict(sorted(values.items()))
 
     def _translations(self, module: Any) -> Iterator[tuple[Tensor, ...]]:
         """Test batches: (a, b, a's labels, G(a), F(G(a)) or None), networks in eval mode."""
