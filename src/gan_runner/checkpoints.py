@@ -113,13 +113,19 @@ def stored_config(state: dict[str, Any]) -> dict[str, Any]:
 
 def check_targets_trusted(cfg: DictConfig, path: Path, extra: Sequence[str] = ()) -> None:
     """One line for a model `_target_` outside gan_runner.*, torch.optim.* and `extra` prefixes."""
-    trusted = (*TRUSTED_TARGETS, *extra)
     model = OmegaConf.masked_copy(cfg, [node for node in MODEL_NODES if node in cfg])
-    for where, target in named_targets(OmegaConf.to_container(model), ""):
+    refuse_untrusted(model, "", path, extra)
+
+
+def refuse_untrusted(node: Any, where: str, path: Any, extra: Sequence[str] = ()) -> None:
+    """One line for any `_target_` under a stored config node (`where` its dotted name) outside
+    the trusted prefixes: a checkpoint file could name any callable."""
+    trusted = (*TRUSTED_TARGETS, *extra)
+    for at, target in named_targets(OmegaConf.to_container(node), where):
         if not target.startswith(trusted):
             module = target.rsplit(".", 1)[0]
             raise UserError(
-                f"ckpt={path} names {where}._target_={target}, which is not run from a file "
+                f"ckpt={path} names {at}._target_={target}, which is not run from a file "
                 f"unless trusted; if you wrote this checkpoint, pass trusted_targets=[{module}.]"
             )
 

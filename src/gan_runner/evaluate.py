@@ -157,14 +157,7 @@ def unready_extractor(cfg: DictConfig, run: DictConfig, evaluation: Any, message
 def checkpoint_data(cfg: DictConfig, run: DictConfig) -> Any:
     """The run's data module, from its stored config with the set keys of `data` merged in."""
     node = OmegaConf.merge(run.data, _set_values(OmegaConf.to_container(cfg.data)))
-    prefixes = (*checkpoints.TRUSTED_TARGETS, *cfg.trusted_targets)
-    for where, target in checkpoints.named_targets(OmegaConf.to_container(node), "data"):
-        if not target.startswith(prefixes):  # a file could name any callable: see checkpoints
-            module = target.rsplit(".", 1)[0]
-            raise UserError(
-                f"ckpt={cfg.ckpt} names {where}._target_={target}, which is not run from a file "
-                f"unless trusted; if you wrote this checkpoint, pass trusted_targets=[{module}.]"
-            )
+    checkpoints.refuse_untrusted(node, "data", cfg.ckpt, cfg.trusted_targets)
     if node.get("labeled_per_class") is not None:
         # A semi-supervised run hid most labels from its critic; its samples are scored
         # against the whole labelled set, like any run's.

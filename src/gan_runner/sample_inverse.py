@@ -15,16 +15,16 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from torch import Tensor, nn
 
 from gan_runner.callbacks.samples import to_uint8_grid
-from gan_runner.checkpoints import TRUSTED_TARGETS, named_targets
+from gan_runner.checkpoints import refuse_untrusted
 from gan_runner.data.module import resize_images, to_model_range
-from gan_runner.data.readers import list_images, square_image
+from gan_runner.data.readers import list_images, read_square_images
 from gan_runner.errors import UserError
 from gan_runner.games.bigan import reconstruction_ratio
-from gan_runner.metrics.encoder import device_of, encode, held_out_split
+from gan_runner.metrics.encoder import encode, held_out_split
+from gan_runner.metrics.extractors import device_of
 from gan_runner.plots import save_png
 
 BLANK = 1.0  # white tiles fill a last row, like make_grid's padding
@@ -64,27 +64,16 @@ def refuse_mode(module: Any, cfg: DictConfig) -> None:
 def folder_images(folder: str, shape: list[int], n: int) -> Tensor:
     """The first n images of a folder (sorted), centre-cropped and resized to (C, R, R) uint8."""
     mode = "L" if shape[0] == 1 else "RGB"
-    images = []
-    for path in list_images(Path(folder))[:n]:
-        try:
-            with Image.open(path) as image:
-                images.append(square_image(image, shape[-1], mode=mode))
-        except (OSError, UserError) as error:
-            raise UserError(f"input={folder}: cannot read image {path}: {error}") from None
-    return torch.stack(images)
+    try:
+        return read_square_images(list_images(Path(folder))[:n], shape[-1], mode)
+    except UserError as error:
+        raise UserError(f"input={folder}: {error}") from None
 
 
 def _run_data_node(module: Any, cfg: DictConfig) -> DictConfig:
     """The run's data config, its classes checked to be trusted (a file could name any)."""
     node = OmegaConf.create(module.run_config.get("data") or {})
-    prefixes = (*TRUSTED_TARGETS, *cfg.trusted_targets)
-    for where, target in named_targets(OmegaConf.to_container(node), "data"):
-        if not target.startswith(prefixes):
-            package = target.rsplit(".", 1)[0]
-            raise UserError(
-                f"ckpt={cfg.ckpt} names {where}._target_={target}, which is not run from a file "
-                f"unless trusted; if you wrote this checkpoint, pass trusted_targets=[{package}.]"
-            )
+    refuse_untrusted(node, "data", cfg.ckpt, cfg.trusted_targets)
     return node
 
 

@@ -132,6 +132,18 @@ def square_image(
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+def read_square_images(paths: Sequence[Path], resolution: int, mode: str = "RGB") -> Tensor:
+    """Image files as one (N, C, R, R) uint8 stack of centred squares (`square_image`)."""
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(square_image(image, resolution, mode=mode))
+        except (OSError, UserError) as error:
+            raise UserError(f"cannot read image {path}: {error}") from None
+    return torch.stack(images)
+
+
 class ImageFiles(Dataset):
     """Image files decoded on demand into square (C, R, R) uint8 batches, with optional labels."""
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from gan_runner.data.readers import list_images, square_image
+from gan_runner.data.readers import list_images, read_square_images, square_image
 from gan_runner.data.two_domain import TwoDomainData
 from gan_runner.data.vision import DOWNLOAD_ERRORS
 from gan_runner.errors import UserError
@@ -21,17 +21,6 @@ from gan_runner.errors import UserError
 # Where the authors serve their sets (junyanz/pytorch-CycleGAN-and-pix2pix's datasets/*.sh).
 CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{name}.zip"
 PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{name}.tar.gz"
-
-
-def _read_images(paths: list[Path], resolution: int, mode: str) -> Tensor:
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                images.append(square_image(image, resolution, mode=mode))
-        except (OSError, UserError) as error:
-            raise UserError(f"cannot read image {path}: {error}") from None
-    return torch.stack(images)
 
 
 class TranslationFolders:
@@ -115,7 +104,7 @@ class UnpairedFolders(TranslationFolders):
                     f"data={self.name}: no images in {folder}; the {split} split needs "
                     f"{split}A/ and {split}B/ (layout: {self.layout})"
                 )
-            domains.append(_read_images(paths, resolution or 256, self.mode))
+            domains.append(read_square_images(paths, resolution or 256, self.mode))
         return TwoDomainData(domains[0], domains[1])
 
 

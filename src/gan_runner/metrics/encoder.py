@@ -25,6 +25,7 @@ from gan_runner.data.module import (
 )
 from gan_runner.errors import UserError
 from gan_runner.games.bigan import reconstruction_ratio
+from gan_runner.metrics.extractors import device_of
 
 
 def check_encoder(module: Any, metric: str) -> None:
@@ -65,12 +66,6 @@ def held_out_split(datamodule: Any, metric: str) -> tuple[TensorData, TensorData
     test = TensorData(data.samples[chosen], None if labels is None else labels[chosen])
     percent = round(100 * TEST_FRACTION)
     return train, test, f"held_out_indices {percent}% (seed {TEST_SEED}); the GAN trained on it"
-
-
-def device_of(net: nn.Module) -> torch.device:
-    """Where a network's parameters live (the CPU for one without any)."""
-    parameter = next(net.parameters(), None)
-    return torch.device("cpu") if parameter is None else parameter.device
 
 
 @torch.no_grad()

@@ -89,7 +89,7 @@ class InceptionFeatures:
     def extract(self, images: Tensor) -> tuple[Tensor, Tensor]:
         if self.net is None:
             self.prepare(device=images.device)
-        features, logits = self.net(inception_input(images).to(_device_of(self.net)))
+        features, logits = self.net(inception_input(images).to(device_of(self.net)))
         return features, logits
 
     def weights_hash(self) -> str:
@@ -139,8 +139,10 @@ def load_inception(weights_path: str | None) -> nn.Module:
         ) from None
 
 
-def _device_of(net: nn.Module) -> torch.device:
-    return next(net.parameters()).device
+def device_of(net: nn.Module) -> torch.device:
+    """Where a network's parameters live (the CPU for one without any)."""
+    parameter = next(net.parameters(), None)
+    return torch.device("cpu") if parameter is None else parameter.device
 
 
 def _block(channels: int, out: int) -> list[nn.Module]:
@@ -233,7 +235,7 @@ class ClassifierFeatures:
         if self.net is None:
             raise RuntimeError("ClassifierFeatures.prepare(datamodule) must run before extract")
         # Quantized like the reals, so fakes are not told apart by their sub-uint8 values.
-        return self.net(to_model_range(to_uint8(images)).to(_device_of(self.net)))
+        return self.net(to_model_range(to_uint8(images)).to(device_of(self.net)))
 
     def predict(self, images: Tensor) -> Tensor:
         """Class of each image: what mode counting on a labelled data set counts."""
