@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gan_runner.nets.attention import AttentionSites
 from gan_runner.nets.layers import (
     ConcatLabels,
     CriticHeads,
@@ -47,6 +48,18 @@ def _init_weights(net: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def _through(layers: nn.Sequential, attention: AttentionSites, x: Tensor) -> Tensor:
+    """x through the layers, with self-attention after the activation at its resolution."""
+    if not attention:
+        return layers(x)
+    applied: set[int] = set()
+    for layer in layers:
+        x = layer(x)
+        if isinstance(layer, (nn.ReLU, nn.LeakyReLU)):
+            x = attention.after(x, applied)
+    return x
+
+
 class DCGANGenerator(nn.Module):
     """The DCGAN generator: fractionally strided convolutions from 4x4 (Radford et al. 2016).
 
@@ -65,6 +78,7 @@ class DCGANGenerator(nn.Module):
         bounded: bool = True,
         reference_size: int = 64,
         reference_seed: int = 0,
+        attention_resolutions: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if z_dim < 1:
@@ -94,13 +108,16 @@ class DCGANGenerator(nn.Module):
             layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
         _init_weights(self)
+        # Built after the init, so a recipe without attention keeps its initial weights.
+        outputs = {4 * 2**i: width for i, width in enumerate(widths)}
+        self.attention = AttentionSites(attention_resolutions, outputs, "generator")
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.reference is not None:
             z, labels = self.reference.prepend(z, labels)
         if self.embed is not None:
             z = torch.cat([z, self.embed(labels)], dim=1)
-        out = self.net(z[:, :, None, None])
+        out = _through(self.net, self.attention, z[:, :, None, None])
         if self.reference is not None:
             return out[self.reference.size :]  # the reference batch only set the statistics
         return out
@@ -125,6 +142,7 @@ class DCGANDiscriminator(nn.Module):
         conditioning: str = "projection",
         heads: Mapping[str, Any] | None = None,
         minibatch_discrimination: Mapping[str, int] | None = None,
+        attention_resolutions: Sequence[int] = (),
     ) -> None:
         super().__init__()
         check_conditioning(conditioning)
@@ -153,11 +171,14 @@ class DCGANDiscriminator(nn.Module):
             spec = minibatch_discrimination
             self.minibatch = MinibatchDiscrimination.from_spec(widths[-1] * 16, spec)
             self.minibatch_score = nn.Linear(self.minibatch.kernels, 1, bias=False)
+        resolution = int(data_shape[-1])
+        outputs = {resolution // 2 ** (i + 1): width for i, width in enumerate(widths)}
+        self.attention = AttentionSites(attention_resolutions, outputs, "discriminator")
 
     def outputs(self, x: Tensor, labels: Tensor | None = None) -> CriticOutput:
         if self.concat is not None:
             x = self.concat(x, labels)
-        h = self.features(x)
+        h = _through(self.features, self.attention, x)
         scores = self.score(h).flatten()
         flat = h.flatten(1)
         if self.minibatch is not None:  # the 4x4 conv's score of h plus a linear score of o(h)

@@ -9,6 +9,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gan_runner.nets.attention import AttentionSites
 from gan_runner.nets.layers import (
     ConditionalBatchNorm2d,
     CriticHeads,
@@ -106,6 +107,7 @@ class ResNetGenerator(nn.Module):
         width: int = 128,
         num_classes: int = 0,
         bounded: bool = True,
+        attention_resolutions: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if z_dim < 1:
@@ -120,11 +122,15 @@ class ResNetGenerator(nn.Module):
         if bounded:
             layers.append(nn.Tanh())
         self.output = nn.Sequential(*layers)
+        # Built last, so a recipe without attention keeps every other layer's initial weights.
+        outputs = {4 * 2 ** (i + 1): width for i in range(stages)}
+        self.attention = AttentionSites(attention_resolutions, outputs, "generator")
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         h = self.project(z).view(z.shape[0], self.width, 4, 4)
+        applied: set[int] = set()
         for block in self.blocks:
-            h = block(h, labels)
+            h = self.attention.after(block(h, labels), applied)
         return self.output(h)
 
 
@@ -139,6 +145,7 @@ class ResNetDiscriminator(nn.Module):
         num_classes: int = 0,
         conditioning: str = "projection",
         heads: Mapping[str, Any] | None = None,
+        attention_resolutions: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if check_conditioning(conditioning) != "projection" and num_classes:
@@ -161,10 +168,16 @@ class ResNetDiscriminator(nn.Module):
         if self.projection is not None:
             nn.init.xavier_uniform_(self.projection.embedding.weight)
         self.heads = CriticHeads(width, heads) if heads else None
+        resolution = int(data_shape[-1])
+        outputs = {resolution // 2 ** (i + 1): width for i in range(stages)}
+        self.attention = AttentionSites(attention_resolutions, outputs, "discriminator")
 
     def outputs(self, x: Tensor, labels: Tensor | None = None) -> CriticOutput:
+        h, applied = x, set()
+        for block in self.blocks:
+            h = self.attention.after(block(h), applied)
         # Sum, not mean, pooling as in SNGAN's code, so its hinge margin and rates carry over.
-        h = F.relu(self.blocks(x)).sum(dim=(2, 3))
+        h = F.relu(h).sum(dim=(2, 3))
         scores = self.score(h).squeeze(1)
         if self.projection is not None:
             scores = scores + self.projection(h, labels)
