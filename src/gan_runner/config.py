@@ -71,6 +71,7 @@ class RunSettings:
     z_dim: int = 64
     n_critic: int = 1
     num_classes: int = 0
+    accumulate: int = 1
     n_critic_boost: CriticBoost = field(default_factory=CriticBoost)
     train: TrainSettings = field(default_factory=TrainSettings)
     grad_clip: GradClip = field(default_factory=GradClip)
@@ -80,6 +81,7 @@ class RunSettings:
         _at_least("z_dim", self.z_dim, 1)
         _at_least("n_critic", self.n_critic, 1)
         _at_least("num_classes", self.num_classes, 0)
+        _at_least("accumulate", self.accumulate, 1)
 
 
 def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -111,6 +113,13 @@ def check_run_settings(cfg: DictConfig) -> RunSettings:
             f"{key}={_value_at(cfg, key)!r} has the wrong type or an unknown key: "
             f"{_first_line(error.msg)}; see `gan-run --cfg job` for the expected values"
         ) from None
+    batch = cfg.data.get("batch_size")
+    if settings.accumulate > 1 and isinstance(batch, int) and batch % settings.accumulate:
+        raise UserError(
+            f"accumulate={settings.accumulate} splits each batch into {settings.accumulate} "
+            f"slices, but data.batch_size={batch} does not divide by it; use a batch size "
+            f"that is a multiple of {settings.accumulate}"
+        )
     num_data_classes = int(cfg.data.get("num_classes", 0))
     if settings.num_classes == 0 and _classes_from_data(cfg):
         raise UserError(

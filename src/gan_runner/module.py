@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from gan_runner.errors import UserError
-from gan_runner.games.base import CriticSchedule, Game, Phase, player_parameters
+from gan_runner.games.base import CriticSchedule, Game, Phase, Terms, player_parameters
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class GANModule(pl.LightningModule):
         n_fixed_samples: int = 64,
         seed: int = 0,
         run_config: dict | None = None,
+        accumulate: int = 1,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -89,6 +90,13 @@ class GANModule(pl.LightningModule):
         self.optimizer_factories = {name: optimizers[name] for name in self.players}
         self.make_schedule = schedule
         self.num_classes, self.log_every, self.seed = num_classes, log_every, seed
+        if accumulate > 1 and not game.accumulates:
+            raise ValueError(
+                f"accumulate={accumulate} runs each phase on slices of its batch, but "
+                f"{type(game).__name__} shares one pass over the whole batch between its "
+                "phases; use accumulate=1"
+            )
+        self.accumulate = accumulate
         self.grad_clip = dict(grad_clip or {})
         self.run_config = run_config or {}
         self.counters = Counters()
@@ -181,19 +189,47 @@ class GANModule(pl.LightningModule):
             return
         # Toggling freezes the other players: gradients flow through them, their weights get none.
         with self.toggled_optimizer(optimizer):
-            terms = self.game.terms(phase, batch, self, phase.every)
-            active = {name: loss for name, loss in terms.losses.items() if loss is not None}
-            if not active:  # stepping with no gradients would crash 16-mixed AMP
-                return
-            total = reduce(add, active.values())
-            optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(total)
+            if self.accumulate > 1:
+                stepped = self._accumulated_step(phase, batch, optimizer)
+                if stepped is None:
+                    return
+                terms, active, total = stepped
+            else:
+                terms = self.game.terms(phase, batch, self, phase.every)
+                active = {name: loss for name, loss in terms.losses.items() if loss is not None}
+                if not active:  # stepping with no gradients would crash 16-mixed AMP
+                    return
+                total = reduce(add, active.values())
+                optimizer.zero_grad(set_to_none=True)
+                self.manual_backward(total)
             optimizer.step()
         self.game.after_step(phase, self)
         logs.update({f"{phase.name}/{name}": loss.detach() for name, loss in active.items()})
         if phase.total_as:
             logs[phase.total_as] = total.detach()
         logs.update(terms.logs)
+
+    def _accumulated_step(
+        self, phase: Phase, batch: dict[str, Tensor], optimizer: Any
+    ) -> tuple[Terms, dict[str, Tensor], Tensor] | None:
+        """Gradients of the phase's mean loss over `accumulate` slices of the batch, each with
+        its own latents (BigGAN-PyTorch's accumulation: k slices of b/k equal one batch of b
+        up to float error, when nothing couples the samples of a slice, as BatchNorm does)."""
+        k = self.accumulate
+        optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, Tensor] = {}
+        terms = None
+        for part in range(k):
+            piece = {key: value.tensor_split(k)[part] for key, value in batch.items()}
+            terms = self.game.terms(phase, piece, self, phase.every)
+            active = {name: loss for name, loss in terms.losses.items() if loss is not None}
+            if not active:
+                return None
+            total = reduce(add, active.values()) / k
+            self.manual_backward(total)
+            for name, loss in active.items():
+                sums[name] = sums.get(name, 0) + loss.detach() / k
+        return terms, sums, reduce(add, sums.values())
 
     def _schedulers(self) -> list:
         schedulers = self.lr_schedulers()

@@ -6,7 +6,7 @@ configured regularizer and never asks which one it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +38,11 @@ class Regularizer:
     def build(self, discriminator: nn.Module) -> nn.Module:
         """Reparametrize the critic once, before the optimizers are made."""
         return discriminator
+
+    def build_network(self, name: str, network: nn.Module) -> nn.Module:
+        """Reparametrize any network by name, once, before the optimizers are made; by default
+        the critic only, through `build`."""
+        return self.build(network) if name == "discriminator" else network
 
     def discriminator_penalty(self, inputs: PenaltyInputs) -> Tensor | None:
         """A term added to the discriminator's loss, or None when it skips this step."""
@@ -130,19 +135,82 @@ class WeightClip(Regularizer):
 
 
 class SpectralNorm(Regularizer):
-    """Spectral normalization of every critic layer's weight (Miyato et al. 2018, SNGAN)."""
+    """Spectral normalization of every layer's weight in the named networks (Miyato et al. 2018,
+    SNGAN; the critic only, or G too as in SAGAN and BigGAN, Zhang et al. 2019).
+
+    A generator's embeddings stay unnormalized: SAGAN's class-conditional BatchNorm gains are
+    plain, and BigGAN-PyTorch found SN on G's shared embedding "seems to randomly cripple G"."""
 
     layer_types = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)
 
-    def __init__(self, n_power_iterations: int = 1, eps: float = 1e-12) -> None:
+    def __init__(
+        self,
+        n_power_iterations: int = 1,
+        eps: float = 1e-12,
+        networks: Sequence[str] = ("discriminator",),
+    ) -> None:
         if n_power_iterations < 1:
             raise ValueError(f"n_power_iterations must be >= 1, got {n_power_iterations}")
         self.n_power_iterations, self.eps = n_power_iterations, eps
+        self.networks = tuple(networks)
 
     def build(self, discriminator: nn.Module) -> nn.Module:
+        return self._normalize(discriminator, self.layer_types)
+
+    def build_network(self, name: str, network: nn.Module) -> nn.Module:
+        if name not in self.networks:
+            return network
+        if name == "discriminator":
+            return self.build(network)
+        return self._normalize(
+            network, tuple(t for t in self.layer_types if t is not nn.Embedding)
+        )
+
+    def _normalize(self, network: nn.Module, layer_types: tuple[type, ...]) -> nn.Module:
         parametrize = torch.nn.utils.parametrizations.spectral_norm
-        for module in list(discriminator.modules()):
+        for module in list(network.modules()):
             already = torch.nn.utils.parametrize.is_parametrized(module, "weight")
-            if isinstance(module, self.layer_types) and not already:
+            if isinstance(module, layer_types) and not already:
                 parametrize(module, n_power_iterations=self.n_power_iterations, eps=self.eps)
-        return discriminator
+        return network
+
+
+class OrthogonalRegularization(Regularizer):
+    """BigGAN's orthogonal regularization of the generator (Brock et al. 2019, §3.1).
+
+    R_β(W) = β‖W Wᵀ ⊙ (1 − I)‖²_F summed over G's weights (rows: output filters, reshaped to
+    [out, −1]; the pre-spectral-norm weight; embeddings and 1-D parameters left out). Only the
+    off-diagonal: filters are pushed apart in angle, their norms are free. `convention:
+    biggan_pytorch` is half the paper's value (ajbrock/BigGAN-PyTorch `utils.ortho` adds the
+    gradient 2β(WWᵀ⊙(1−I))W, the gradient of (β/2)‖·‖²), for matching that code.
+    """
+
+    conventions = {"paper": 1.0, "biggan_pytorch": 0.5}
+
+    def __init__(self, weight: float = 1e-4, convention: str = "paper") -> None:
+        if weight < 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        if convention not in self.conventions:
+            known = ", ".join(self.conventions)
+            raise ValueError(f"convention must be one of {known}, got {convention!r}")
+        self.weight, self.convention = weight, convention
+
+    def generator_penalty(self, generator: nn.Module) -> Tensor | None:
+        embedded = {
+            id(p)
+            for m in generator.modules()
+            if isinstance(m, nn.Embedding)
+            for p in m.parameters()
+        }
+        total: Tensor | None = None
+        for parameter in generator.parameters():
+            if parameter.dim() < 2 or id(parameter) in embedded or not parameter.requires_grad:
+                continue
+            w = parameter.float().flatten(1)
+            gram = w @ w.T
+            off_diagonal = gram - torch.diag_embed(gram.diagonal())  # W Wᵀ ⊙ (1 − I)
+            term = off_diagonal.square().sum()
+            total = term if total is None else total + term
+        if total is None:
+            return None
+        return self.conventions[self.convention] * self.weight * total  # β‖WWᵀ⊙(1−I)‖²_F

@@ -57,10 +57,13 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
 def build_each(cfg: DictConfig, group: str, **kwargs: Any) -> list[Any]:
     """Instantiate every entry of a dict-of-objects group (callbacks, logger); null skips one."""
     objects = []
-    for name, node in cfg[group].items():
-        if node is None:
-            continue
+    nodes = {name: node for name, node in cfg[group].items() if node is not None}
+    # callbacks=none selects no object: settings a recipe gave them (its EMA's) fall away.
+    none_selected = not any("_target_" in node for node in nodes.values())
+    for name, node in nodes.items():
         if "_target_" not in node:
+            if none_selected:
+                continue
             raise UserError(
                 f"{group}.{name} sets {', '.join(map(str, node))} but {group}.{name} is not "
                 f"selected (it has no _target_); select a {group} option that has it, or drop it"
@@ -76,7 +79,7 @@ BATCH_COUPLING = (nn.modules.batchnorm._BatchNorm, MinibatchDiscrimination)
 def build_discriminator(cfg: DictConfig, regularizers: dict[str, Any]) -> nn.Module:
     discriminator = build(cfg.arch, "discriminator")
     for regularizer in regularizers.values():
-        discriminator = regularizer.build(discriminator)
+        discriminator = regularizer.build_network("discriminator", discriminator)
     per_sample = [n for n, r in regularizers.items() if getattr(r, "per_sample_gradient", False)]
     # Layers that mix the samples of a batch make a per-sample input gradient meaningless.
     coupling = next(
@@ -95,6 +98,45 @@ def build_discriminator(cfg: DictConfig, regularizers: dict[str, Any]) -> nn.Mod
             "the penalty"
         )
     return discriminator
+
+
+def reparametrize(networks: dict[str, nn.Module], regularizers: dict[str, Any]) -> None:
+    """Regularizers' reparametrizations of the networks beside the critic (SN on G: SAGAN),
+    after every network is built, so the critic-only recipes draw their weights as before."""
+    for key, regularizer in regularizers.items():
+        for name in getattr(regularizer, "networks", ()):
+            if name not in networks:
+                raise UserError(
+                    f"regularizer.{key}.networks names {name}, which the architecture does not "
+                    f"build (it builds {', '.join(networks)}); name one of those"
+                )
+        for name in networks:
+            if name != "discriminator":
+                networks[name] = regularizer.build_network(name, networks[name])
+
+
+def augment_critics(cfg: DictConfig, game: Any, networks: dict[str, nn.Module]) -> None:
+    """Attach the `aug` group's differentiable augmentation to each critic the game names, so
+    real and generated images pass through it in every phase (Zhao et al. 2020)."""
+    node = cfg.get("aug")
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    critics = getattr(game, "augmented_critics", ())
+    if not critics:
+        raise UserError(
+            f"aug={chosen_option(cfg, 'aug')} augments the images a critic judges, but "
+            f"model={chosen_option(cfg, 'model')}'s critic reads {game.critic_input}; use aug=none"
+        )
+    if len(cfg.data.shape) != 3:
+        raise UserError(
+            f"aug={chosen_option(cfg, 'aug')} augments images, but data="
+            f"{chosen_option(cfg, 'data')} is not image data (shape {list(cfg.data.shape)}); "
+            "use aug=none"
+        )
+    from gan_runner.augment import attach_augmentation
+
+    for name in critics:
+        attach_augmentation(networks[name], build(cfg, "aug"))
 
 
 def check_lipschitz_regularizers(
@@ -162,6 +204,8 @@ def build_module(cfg: DictConfig) -> GANModule:
     for name, node in cfg.arch.items():  # a game's further networks (an encoder, a Q head)
         if name not in networks and isinstance(node, DictConfig) and "_target_" in node:
             networks[name] = build(cfg.arch, name)
+    reparametrize(networks, regularizers)
+    augment_critics(cfg, game, networks)
     optimizers = {p: build(cfg.optimizer, p) for p in game.players if p in cfg.optimizer}
     try:
         module = GANModule(
@@ -176,6 +220,7 @@ def build_module(cfg: DictConfig) -> GANModule:
             grad_clip=asdict(settings.grad_clip),
             seed=settings.seed,
             run_config=OmegaConf.to_container(cfg, resolve=True),
+            accumulate=settings.accumulate,
         )
         game.check(module)
     except ValueError as error:  # players that do not partition the networks, a missing head

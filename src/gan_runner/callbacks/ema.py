@@ -14,10 +14,16 @@ class GeneratorEMA(pl.Callback):
     beta = 0.5 ** (batch / half_life_images): the same averaging horizon at any batch size.
     With `rampup`, the half-life is at most `rampup` × images seen, as in StyleGAN2-ADA, so early
     samples are not dominated by the random initialization. Buffers (BatchNorm statistics,
-    spectral-norm vectors) are copied, never averaged.
+    spectral-norm vectors) are copied, never averaged. Before `start_g_steps` generator steps the
+    average is a copy of G (BigGAN-PyTorch's `ema_start`).
     """
 
-    def __init__(self, half_life_kimg: float = 10.0, rampup: float | None = 0.05) -> None:
+    def __init__(
+        self, half_life_kimg: float = 10.0, rampup: float | None = 0.05, start_g_steps: int = 0
+    ) -> None:
+        if start_g_steps < 0:
+            raise ValueError(f"start_g_steps must be >= 0, got {start_g_steps}")
+        self.start_g_steps = start_g_steps
         if half_life_kimg <= 0:
             raise ValueError(f"half_life_kimg must be > 0, got {half_life_kimg}")
         if rampup is not None and rampup <= 0:
@@ -53,7 +59,8 @@ class GeneratorEMA(pl.Callback):
         batch_images = batch["samples"].shape[0] * trainer.world_size
         # One update per G step, so the ramp-up counts G-side images too (not D's, which
         # n_critic multiplies).
-        self.update(pl_module, self.beta(batch_images, g_steps * batch_images))
+        beta = self.beta(batch_images, g_steps * batch_images)
+        self.update(pl_module, 0.0 if g_steps <= self.start_g_steps else beta)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._g_steps_seen = pl_module.counters.g_steps

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, Subset
 
 from gan_runner.data.batches import (
     IndexedTensors,
@@ -68,6 +68,27 @@ def held_out_indices(n: int, fraction: float = TEST_FRACTION, seed: int = TEST_S
     """The first `fraction` of a seeded permutation of n: the classifier metric's test split."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[: max(1, int(fraction * n))]
+
+
+def fraction_indices(labels: Tensor | None, n: int, fraction: float, seed: int) -> Tensor:
+    """A seeded choice of round(fraction * n) of n samples, in their order; with labels, each
+    class keeps its share (largest remainders), so the kept set has the full set's balance."""
+    keep = max(1, math.floor(fraction * n + 0.5))
+    chooser = torch.Generator().manual_seed(seed)  # its own stream: no other draw moves
+    if labels is None:
+        return torch.randperm(n, generator=chooser)[:keep].sort().values
+    labels = torch.as_tensor(labels).cpu()
+    quota = torch.bincount(labels).double() * keep / n
+    per_class = quota.floor().long()
+    short = keep - int(per_class.sum())
+    per_class[torch.sort(quota - per_class, descending=True, stable=True).indices[:short]] += 1
+    picked = [
+        members[torch.randperm(len(members), generator=chooser)[:count]]
+        for members, count in (
+            (torch.nonzero(labels == k).flatten(), int(c)) for k, c in enumerate(per_class)
+        )
+    ]
+    return torch.cat(picked).sort().values
 
 
 @dataclass
@@ -129,6 +150,7 @@ class GANDataModule(pl.LightningDataModule):
         labeled_per_class: int | None = None,
         domains: int = 1,
         paired: bool = False,
+        fraction: float | None = None,
     ) -> None:
         super().__init__()
         # resolution and channels are the config's handles on shape ([C, R, R] for images).
@@ -147,6 +169,11 @@ class GANDataModule(pl.LightningDataModule):
                 f"labeled_per_class must be >= 1, or null (every sample labelled); got "
                 f"{labeled_per_class}"
             )
+        if fraction is not None and (isinstance(fraction, bool) or not 0 < float(fraction) <= 1):
+            raise ValueError(
+                f"data.fraction={fraction} is outside (0, 1]; set the share of the training "
+                "images to keep (0.1: 10%), or null for all of them"
+            )
         if domains not in (1, 2):
             raise ValueError(f"data.domains must be 1 or 2, got {domains}")
         self.labeled_per_class = labeled_per_class
@@ -160,6 +187,10 @@ class GANDataModule(pl.LightningDataModule):
         self.num_classes, self.bounded = num_classes, bounded
         self.num_workers, self.keep_on_device, self.seed = num_workers, keep_on_device, seed
         self.data: TensorData | TwoDomainData | Dataset | None = None
+        # Limited-data runs (data.fraction) train on a subset of `data`; `data` stays the whole
+        # set, so the metrics' reference and feature classifier are those of a full run.
+        self.fraction = None if fraction is None else float(fraction)
+        self.train_data: TensorData | TwoDomainData | Dataset | None = None
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node before setup runs on every rank, so a
@@ -188,7 +219,37 @@ class GANDataModule(pl.LightningDataModule):
                 f"memory, but {self._name()} is read from files per batch; set "
                 "data.labeled_per_class=null"
             )
+        self.train_data = self._keep_fraction(loaded)
         self.data = loaded
+
+    def _keep_fraction(self, data: TensorData | TwoDomainData | Dataset) -> Any:
+        """The training subset data.fraction keeps (the whole set when null)."""
+        if self.fraction is None:
+            return data
+        if isinstance(data, TwoDomainData):
+            raise UserError(
+                f"data.fraction={self.fraction} keeps part of a one-domain image set, but "
+                f"{self._name()} holds two image domains; set data.fraction=null"
+            )
+        if self.labeled_per_class is not None:
+            raise UserError(
+                f"data.fraction={self.fraction} does not combine with data.labeled_per_class="
+                f"{self.labeled_per_class} (a semi-supervised split); set one of them to null"
+            )
+        labels = data.labels if isinstance(data, TensorData) else getattr(data, "labels", None)
+        kept = fraction_indices(labels, len(data), self.fraction, self.seed)
+        if len(kept) < self.batch_size * self._world_size():
+            raise UserError(
+                f"data.fraction={self.fraction} keeps {len(kept)} of {len(data)} images, fewer "
+                f"than data.batch_size={self.batch_size} per step; raise data.fraction or lower "
+                "data.batch_size"
+            )
+        if len(kept) == len(data):
+            return data
+        if isinstance(data, TensorData):
+            labels = data.labels[kept.to(data.labels.device)] if data.labels is not None else None
+            return TensorData(data.samples[kept.to(data.samples.device)], labels)
+        return Subset(data, kept.tolist())
 
     def _prepare_tensors(self, data: TensorData) -> TensorData:
         samples = data.samples
@@ -274,18 +335,19 @@ class GANDataModule(pl.LightningDataModule):
                 batch_size=None,
                 seed=self.seed,
             )
-        if isinstance(self.data, TensorData):
-            sampler = ShuffledBatches(len(self.data), self.batch_size, self.seed, rank, world)
+        served = self.train_data
+        if isinstance(served, TensorData):
+            sampler = ShuffledBatches(len(served), self.batch_size, self.seed, rank, world)
             # batch_size=None: the sampler yields whole index batches and the dataset slices them.
             return ResumableLoader(
-                IndexedTensors(self.data), sampler=sampler, batch_size=None, seed=self.seed
+                IndexedTensors(served), sampler=sampler, batch_size=None, seed=self.seed
             )
         shard = DistributedSampler(
-            self.data, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+            served, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
         )
         sampler = SkippingSampler(shard, self.batch_size)
         return ResumableLoader(
-            self.data,
+            served,
             seed=self.seed,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -317,7 +379,7 @@ class GANDataModule(pl.LightningDataModule):
 
     def steps_per_epoch(self) -> int:
         self.setup()
-        return math.floor(len(self.data) / (self.batch_size * self._world_size()))
+        return math.floor(len(self.train_data) / (self.batch_size * self._world_size()))
 
 
 def _on(data: TensorData, device: torch.device) -> TensorData:

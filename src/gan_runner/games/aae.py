@@ -36,6 +36,8 @@ class AdversarialAutoencoderGame(Game):
     """
 
     phase_names = ("reconstruction", "discriminator", "encoder")
+    augmented_critics = ()
+    critic_input = "latent codes, not images"
 
     def __init__(
         self,

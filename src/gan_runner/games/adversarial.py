@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gan_runner.augment import critic_outputs
 from gan_runner.games.base import Game, Phase, Terms
 from gan_runner.losses.base import Play, Term
 from gan_runner.nets.layers import CriticOutput
@@ -71,7 +72,7 @@ class AdversarialGame(Game):
         if not self.extra_terms:
             scores = module.discriminator(samples, labels)
             return CriticOutput(scores, scores.new_empty(0))
-        return module.discriminator.outputs(samples, labels)
+        return critic_outputs(module.discriminator, samples, labels)  # augmented when aug= is set
 
     def draw(self, module: Any, n: int) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
         """(z, labels, structured codes) for one phase; codes are {} but in InfoGAN."""

@@ -114,6 +114,13 @@ class Game:
     domains: int = 1
     needs_pairs: bool = False
     translates: bool = False
+    # The critics that judge images, which aug= augments (DiffAugment); () refuses aug, naming
+    # what the game's critic reads instead.
+    augmented_critics: tuple[str, ...] = ("discriminator",)
+    critic_input: str = "images"
+    # Whether a phase may run on slices of its batch (accumulate=k): not when one rollout of
+    # the whole batch is shared by the phases.
+    accumulates: bool = True
 
     def __init__(self, players: Mapping[str, Sequence[str]], phases: Sequence[Mapping[str, Any]]):
         self.players = {name: tuple(networks) for name, networks in players.items()}

@@ -41,6 +41,7 @@ class CycleGANGame(TranslationGame):
     """
 
     phase_names = ("generator", "discriminator")
+    augmented_critics = ("discriminator", "discriminator_a")
     name = "cyclegan"
 
     def __init__(

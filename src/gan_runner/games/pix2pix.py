@@ -36,6 +36,8 @@ class Pix2PixGame(TranslationGame):
     """
 
     phase_names = ("discriminator", "generator")
+    augmented_critics = ()
+    critic_input = "(input, output) image pairs, which augmenting apart would misalign"
     name = "pix2pix"
     needs_pairs = True
 

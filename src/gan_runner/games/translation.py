@@ -17,6 +17,7 @@ class TranslationGame(Game):
 
     domains = 2
     translates = True
+    accumulates = False  # one rollout of the whole batch feeds both phases
     name = ""  # the game option, named in refusals
     input_shape: tuple[int, ...] = ()
     captured = False  # whether the module's fixed_latent holds real A images yet
