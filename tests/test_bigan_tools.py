@@ -295,3 +295,13 @@ def test_resume_of_bigan_and_ali_is_bit_exact(tmp_path, model):
     assert any(key.startswith("encoder.") for key in a["state_dict"])
     assert any(key.startswith("generator_ema.") for key in a["state_dict"])
     _assert_same_state(a, b)
+
+
+def test_truncation_of_a_translation_checkpoint_is_one_line():
+    # A translator maps images and draws no latent: there is nothing for ψ to truncate.
+    cfg = compose_named("sample", ["ckpt=cyclegan.ckpt", "mode=translate", "truncation=0.5"])
+    with pytest.raises(UserError) as refused:
+        refuse_mode(translation_module(cycle=True), cfg)
+    message = str(refused.value)
+    assert "truncation=0.5 truncates a latent code" in message and "drop truncation" in message
+    assert "\n" not in message

@@ -17,7 +17,7 @@ from gan_runner.train import train
 
 GROUPS = [
     "data", "model", "arch", "objective", "regularizer", "optimizer", "schedule", "latent",
-    "callbacks", "logger", "trainer", "experiment", "debug", "metrics",
+    "callbacks", "logger", "trainer", "experiment", "debug", "metrics", "aug",
 ]  # fmt: skip
 MULTI_SELECT = ("regularizer", "metrics")
 # Keeps every run to seconds: 2 generator steps on small players.
@@ -38,8 +38,14 @@ CYCLEGAN = [
     *[f"arch.{net}.n_blocks=1" for net in ("generator", "generator_ba")],
 ]
 PIX2PIX = ["model=pix2pix", "metrics=[]", "arch.generator.base_width=8"]
+# Self-attention where 8-px players have maps: after G's 8x8 block and D's 4x4 one.
+ATTENTION_AT_8PX = [
+    "arch.generator.attention_resolutions=[8]",
+    "arch.discriminator.attention_resolutions=[4]",
+]
 GAME_OF_ARCH = {
     "bigan_mlp": ["game=bigan", "regularizer=[]"],
+    "biggan": ["model=biggan"],  # class-conditional players: the recipe brings the labels
     "aae_mlp": ["model=aae"],
     "cyclegan_resnet": CYCLEGAN,
     "pix2pix_unet": PIX2PIX,
@@ -68,7 +74,12 @@ def train_briefly(make_cfg, *overrides: str) -> dict[str, float]:
     try:
         return train(make_cfg(*overrides, *SHORT))
     except UserError as error:
-        refusals = ("needs image data", "is class-conditional", "needs labelled data")
+        refusals = (
+            "needs image data",
+            "is class-conditional",
+            "needs labelled data",
+            "augments images",
+        )
         if "translates between two image domains" in str(error):
             return train(make_cfg(*overrides, *PAIRED_DATA, *SHORT))
         if not any(why in str(error) for why in refusals):
@@ -90,6 +101,8 @@ def test_every_option_composes_and_trains(make_cfg, group: str, option: str) -> 
     if group in ("experiment", "metrics"):  # paper-scale schedules and sample counts: keep
         overrides += ["callbacks=none"]  # only the training (tests/test_metrics_*.py run them)
     cfg = make_cfg(*overrides)
+    if cfg.arch.generator.get("attention_resolutions"):
+        overrides += ATTENTION_AT_8PX
     choices = HydraConfig.get().runtime.choices
     # A multi-select group (regularizer, metrics) has no single choice: its options are keys.
     assert choices.get(group) == option or option in cfg.get(group, {})

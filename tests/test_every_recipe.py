@@ -149,6 +149,8 @@ def narrow(cfg: Any) -> list[str]:
             overrides.append(f"arch.{side}.base_width=8")
         if "width" in node:  # SNGAN's ResNet
             overrides.append(f"arch.{side}.width=8")
+        if node.get("attention_resolutions"):  # where 8-px maps are: G's 8x8 block, D's 4x4
+            overrides.append(f"arch.{side}.attention_resolutions=[{4 if 'disc' in side else 8}]")
     return overrides
 
 

@@ -224,6 +224,7 @@ def test_default_2d_recipe_covers_every_mode(make_cfg, data: str) -> None:
     assert after.modes >= modes and after.hq_fraction >= hq and after.reverse_kl <= rkl, summary
 
 
+@pytest.mark.slow  # two 2k-step grid25 runs (~70 s); the README's numbers come from bench-quality
 def test_islands_leave_less_between_modes_than_a_connected_latent(make_cfg) -> None:
     # The recipe's reason for latent=gaussian_mixture: a continuous generator fed N(0, I) must
     # put mass on paths between grid25's modes (the recipe before the islands: same players,
@@ -235,6 +236,7 @@ def test_islands_leave_less_between_modes_than_a_connected_latent(make_cfg) -> N
     assert connected.modes >= 24 and islands.hq_fraction >= connected.hq_fraction + 0.08, summary
 
 
+@pytest.mark.slow  # a 2k-step ring8 run of its own (~35 s)
 def test_drs_filters_the_bridges_of_a_connected_latent(make_cfg) -> None:
     # Discriminator rejection sampling (what `make bench-quality` reports as its own row): its
     # critic must lift HQ and keep every mode. It has most to filter where a generator fed
@@ -262,10 +264,13 @@ DIGITS_OVERRIDES = {
 
 # Zoo recipes whose own family test trains them on embedded data against their own metric
 # (tests/test_conditional.py, test_infogan.py, test_semi_supervised.py, test_f_divergence.py,
-# test_ebgan.py): here only in test-all, to keep `make test` under 15 minutes.
+# test_ebgan.py, test_sagan.py, test_biggan.py): here only in test-all, to keep `make test`
+# under 15 minutes.
 # (test_bigan.py holds bigan and ali's encoder to the reconstruction ratio, not their samples.)
 FAMILY_TESTED = {
     "aae",
+    "sagan",
+    "biggan",
     "cgan",
     "acgan",
     "sngan_projection",

@@ -58,6 +58,11 @@ def refuse_mode(module: Any, cfg: DictConfig) -> None:
             f"mode=translate maps images between two domains, but ckpt={cfg.ckpt} generates "
             f"from latent codes ({game}); use mode=grid"
         )
+    if translates and cfg.get("truncation") is not None:
+        raise UserError(
+            f"truncation={cfg.truncation} truncates a latent code, but ckpt={cfg.ckpt}'s "
+            f"generator maps images and draws none ({game}); drop truncation"
+        )
 
 
 # ----------------------------------------------------------------- real images

@@ -134,6 +134,10 @@ class PlainLoop:
                 real_scores = self.critic(real, labels).float()
             loss = self.objective.generator_loss(fake_scores, real_scores)
             logs = {"g_loss": loss.detach()}
+            for regularizer in self.regularizers.values():  # BigGAN's orthogonal term
+                term = regularizer.generator_penalty(self.g)
+                if term is not None:
+                    loss = loss + term
             self._update(self.g_opt, loss, logs if log else None, "generator")
         for scheduler in self.schedulers:
             scheduler.step()

@@ -77,6 +77,27 @@ CASES = {
         ),
         Case("dcgan_digits", "DCGAN recipe on digits 16×16", ("model=dcgan", "data=digits")),
         Case(
+            "sagan_digits",
+            "SAGAN recipe (attention, SN in both, TTUR) on digits 16×16, widths 32, batch 64",
+            (
+                "model=sagan",
+                "data=digits",
+                "arch.generator.width=32",
+                "arch.discriminator.width=32",
+                "data.batch_size=64",
+            ),
+        ),
+        Case(
+            "biggan_digits",
+            "BigGAN recipe (hierarchical z, SN in both, ortho, 2 D steps) on digits 16×16, ch 16",
+            (
+                "model=biggan",
+                "data=digits",
+                "arch.generator.width=16",
+                "arch.discriminator.width=16",
+            ),
+        ),
+        Case(
             "dcgan32_wgan_gp_bf16",
             "as dcgan32_wgan_gp in bf16-mixed (penalty in float32)",
             ("model=wgan_gp", "arch=dcgan", "data=cifar10", "trainer.precision=bf16-mixed"),
