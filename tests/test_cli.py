@@ -112,7 +112,6 @@ def test_bad_input_from_the_real_console_script_is_one_line(tmp_path: Path) -> N
         (["+arch.generator.hiden=[8]"], "did you mean 'arch.generator.hidden'?"),
         (["num_classes=10"], "num_classes=10 but data=ring8 has no labels"),
         (["data.batch_size=0"], "batch_size must be >= 1"),
-        (["callbacks=none", "debug=fast"], "callbacks.samples sets every but"),
     ],
 )
 def test_bad_input_ends_with_one_line_naming_key_and_fix(

@@ -63,6 +63,7 @@ def build_each(cfg: DictConfig, group: str, **kwargs: Any) -> list[Any]:
     for name, node in nodes.items():
         if "_target_" not in node:
             if none_selected:
+                log.info("%s=none: %s.%s's settings are not used", group, group, name)
                 continue
             raise UserError(
                 f"{group}.{name} sets {', '.join(map(str, node))} but {group}.{name} is not "
