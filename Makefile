@@ -41,12 +41,15 @@ format: install ## reformat with ruff
 bench: install ## speed against a plain PyTorch loop, fast paths, data, metrics -> outputs/bench/ (ARGS=--quick: 1 min)
 	$(PY) scripts/bench.py $(ARGS)
 
-.PHONY: bench-quality bench-fashion theory
+.PHONY: bench-quality bench-fashion bench-augment theory
 theory: install ## GAN theory checked on 1D Gaussians (D*, the game value, f-divergence bounds, the f-GAN Gaussian fit) -> outputs/theory/<time>/report.md
 	$(VENV)/bin/gan-theory $(ARGS)
 
 bench-quality: install ## the default 2D recipe on ring8 and grid25 over 10 seeds vs PacGAN -> outputs/bench/quality.md (ARGS="--seeds 3")
 	$(PY) -m gan_runner.bench.quality $(ARGS)
+
+bench-augment: install ## DiffAugment against none on a tenth of the digits, 2 seeds -> outputs/bench/augment.md (ARGS="--steps 10000")
+	$(PY) -m gan_runner.bench.augment $(ARGS)
 
 bench-fashion: install ## Fashion-MNIST classifier-FID against training time (installs the data set if missing) -> outputs/bench/fashion.md
 	$(PY) -m gan_runner.bench.fashion $(ARGS)

@@ -37,6 +37,21 @@ def test_every_image_the_critic_judges_is_augmented_in_both_phases(make_cfg) -> 
     assert any(p.grad.abs().sum() > 0 for p in module.generator.parameters())
 
 
+def test_bigan_augments_the_image_of_each_joint_pair(make_cfg) -> None:
+    # T(x, z) = (aug(x), z) acts on real (x, E(x)) and generated (G(z), z) pairs alike.
+    cfg = make_cfg("model=bigan", "data=digits", "data.resolution=8", "aug=diffaug")
+    module = build_module(cfg)
+    seen: list[torch.Tensor] = []
+    module.discriminator.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+    x, z = torch.rand(4, 1, 8, 8) * 2 - 1, torch.randn(4, module.z_dim)
+    torch.manual_seed(0)
+    augmented = module.discriminator(x, None, z=z)
+    torch.manual_seed(0)
+    module.discriminator.augment.eval()
+    plain = module.discriminator(x, None, z=z)
+    assert not torch.equal(augmented, plain) and not torch.equal(seen[0], x)  # x augmented
+
+
 def test_cyclegan_augments_both_critics(make_cfg) -> None:
     module = build_module(
         make_cfg(

@@ -295,3 +295,22 @@ def test_a_cluster_handler_installed_before_training_runs_after_the_save(tmp_pat
         assert signal.getsignal(signal.SIGUSR2) is requeue  # handed back after training
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_keys_added_since_a_checkpoint_at_their_defaults_are_no_change():
+    from gan_runner.resume import config_differences
+
+    saved = {"n_critic": 5, "data": {"batch_size": 64}}
+    current = {
+        "n_critic": 5,
+        "accumulate": 1,
+        "data": {"batch_size": 64, "fraction": None},
+        "regularizer": {"spectral_norm": {"networks": ["discriminator"]}},
+    }
+    assert config_differences(saved, current) == []
+    current["data"]["fraction"] = 0.1  # an added key set to train differently is a change
+    current["accumulate"] = 4
+    assert config_differences(saved, current) == [
+        "accumulate: <unset> -> 4",
+        "data.fraction: <unset> -> 0.1",
+    ]

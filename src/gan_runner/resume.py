@@ -94,10 +94,24 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     before, after = flat_keys(saved), flat_keys(current)
     lines = []
     for key in sorted(before.keys() | after.keys()):
-        if _outside_trajectory(key) or before.get(key, "<unset>") == after.get(key, "<unset>"):
+        old, new = before.get(key, "<unset>"), after.get(key, "<unset>")
+        if _outside_trajectory(key) or old == new or _added_at_its_default(key, old, new):
             continue
-        lines.append(f"{key}: {before.get(key, '<unset>')} -> {after.get(key, '<unset>')}")
+        lines.append(f"{key}: {old} -> {new}")
     return lines
+
+
+# Keys added to the config since earlier checkpoints, at the value that trains as before.
+ADDED_KEY_DEFAULTS = {
+    "accumulate": 1,
+    "callbacks.ema.start_g_steps": 0,
+    "data.fraction": None,
+    "regularizer.spectral_norm.networks": "['discriminator']",
+}
+
+
+def _added_at_its_default(key: str, old: Any, new: Any) -> bool:
+    return old == "<unset>" and key in ADDED_KEY_DEFAULTS and new == ADDED_KEY_DEFAULTS[key]
 
 
 def _outside_trajectory(key: str) -> bool:

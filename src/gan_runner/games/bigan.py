@@ -28,9 +28,6 @@ class BiGANGame(AdversarialGame):
     each phase, as every other game of this package does.
     """
 
-    augmented_critics = ()
-    critic_input = "(image, latent code) pairs, which augmenting the image alone would unpair"
-
     def check(self, module: Any) -> None:
         if not hasattr(module, "encoder"):
             raise ValueError(
