@@ -130,10 +130,14 @@ def test_sagan_learns_conditional_digits(make_cfg) -> None:
     cfg = make_cfg(*SAGAN_8PX, "train.g_steps=500", "callbacks=none")
     run = prepare(cfg)
     before = pixel_frechet(run.module, run.datamodule.data)
-    gamma_before = [float(m.gamma) for m in run.module.generator.modules() if hasattr(m, "gamma")]
+    gamma_before = [
+        float(m.gamma.detach()) for m in run.module.generator.modules() if hasattr(m, "gamma")
+    ]
     run.fit()
     after = pixel_frechet(run.module, run.datamodule.data)
-    gamma = [float(m.gamma) for m in run.module.generator.modules() if hasattr(m, "gamma")]
+    gamma = [
+        float(m.gamma.detach()) for m in run.module.generator.modules() if hasattr(m, "gamma")
+    ]
     summary = f"sagan 8px, 500 steps: pixel FD {before:.2f} -> {after:.2f}, G gamma {gamma}"
     print(summary)
     assert gamma_before == [0.0] and gamma[0] != 0.0, summary  # attention was used
