@@ -213,8 +213,8 @@ class GANModule(pl.LightningModule):
         self, phase: Phase, batch: dict[str, Tensor], optimizer: Any
     ) -> tuple[Terms, dict[str, Tensor], Tensor] | None:
         """Gradients of the phase's mean loss over `accumulate` slices of the batch, each with
-        its own latents (BigGAN-PyTorch's accumulation: k slices of b/k equal one batch of b
-        up to float error, when nothing couples the samples of a slice, as BatchNorm does)."""
+        its own latents: k slices of b/k equal one batch of b up to float error, when nothing
+        couples the samples of a slice (as BatchNorm does)."""
         k = self.accumulate
         optimizer.zero_grad(set_to_none=True)
         sums: dict[str, Tensor] = {}
