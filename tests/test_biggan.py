@@ -100,7 +100,16 @@ def _one_generator_step(make_cfg, accumulate: int) -> dict[str, torch.Tensor]:
         f"accumulate={accumulate}",
     )
     run = prepare(cfg)
+    game, sizes = run.module.game, []
+    original = game.terms
+
+    def counted(phase, batch, module, gain):
+        sizes.append(next(iter(batch.values())).shape[0])
+        return original(phase, batch, module, gain)
+
+    game.terms = counted
     run.fit()
+    assert sizes == [64 // accumulate] * (4 * accumulate)  # 2 batches x 2 phases x k slices
     return {k: v.clone() for k, v in run.module.state_dict().items()}
 
 
