@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 from conftest import QUICK, compose_config
 from gan_runner.errors import UserError
-from gan_runner.train import build_module, train
+from gan_runner.train import build_module
 from helpers_quality import frechet_distance
 from test_bigan import digits, snapshot
-from test_resume import _assert_same_state
+from test_resume import _assert_same_state, straight_and_resumed
 
 WIDTH = [
     "arch.generator.hidden=[64,64]",
@@ -218,13 +218,7 @@ RUN = [
 
 
 def test_a_resumed_run_equals_the_straight_run_and_draws_reconstructions(tmp_path) -> None:
-    train(compose_config([*RUN, "train.g_steps=20"], tmp_path / "straight"))
-    halfway = tmp_path / "straight" / "checkpoints" / "g0000010.ckpt"
-    train(compose_config([*RUN, "train.g_steps=20", f"resume='{halfway}'"], tmp_path / "resumed"))
-    a, b = (
-        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)
-        for run in ("straight", "resumed")
-    )
+    a, b = straight_and_resumed(tmp_path, [*RUN, "train.g_steps=20"], at=10)
     assert a["gan_runner"]["counters"]["g_steps"] == 20
     _assert_same_state(a, b)
     assert torch.equal(a["gan_runner"]["game"]["shown"], b["gan_runner"]["game"]["shown"])

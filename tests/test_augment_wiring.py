@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import QUICK, TINY_DIGITS, compose_config
+from conftest import QUICK, TINY_DIGITS
 from gan_runner.errors import UserError
 from gan_runner.train import build_module, train
-from test_resume import _assert_same_state
+from test_resume import _assert_same_state, straight_and_resumed
 
 AUGMENTED_DIGITS = [*TINY_DIGITS, "aug=diffaug", "callbacks=none", "data.batch_size=16"]
 
@@ -95,10 +95,6 @@ def test_resume_with_augmentation_is_bit_exact(tmp_path) -> None:
         "callbacks.checkpoint.every=6",
         "train.g_steps=12",
     ]
-    train(compose_config(common, tmp_path / "straight"))
-    halfway = tmp_path / "straight" / "checkpoints" / "g0000006.ckpt"
-    train(compose_config([*common, f"resume='{halfway}'"], tmp_path / "resumed"))
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    a, b = straight_and_resumed(tmp_path, common, at=6)
     assert a["gan_runner"]["counters"]["g_steps"] == 12
     _assert_same_state(a, b)

@@ -26,7 +26,7 @@ from gan_runner.metrics.encoder import LinearProbe, Reconstruction
 from gan_runner.sample import sample
 from gan_runner.sample_inverse import refuse_mode, translate_mode
 from gan_runner.train import build, build_module, train
-from test_resume import _assert_same_state
+from test_resume import _assert_same_state, straight_and_resumed
 
 TINY_BIGAN = [
     *QUICK,
@@ -286,11 +286,7 @@ def test_resume_of_bigan_and_ali_is_bit_exact(tmp_path, model):
     # 28 batches an epoch: the resume point (g_steps 15) lies mid-epoch and the run crosses into
     # the next; ALI's stochastic encoder draws from torch's global stream, restored on resume.
     common = [*RESUME, f"model={model}", "callbacks.checkpoint.every=15", "train.g_steps=35"]
-    train(compose_config(common, tmp_path / "straight"))
-    halfway = tmp_path / "straight" / "checkpoints" / "g0000015.ckpt"
-    train(compose_config([*common, f"resume='{halfway}'"], tmp_path / "resumed"))
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    a, b = straight_and_resumed(tmp_path, common, at=15)
     assert a["gan_runner"]["counters"]["g_steps"] == 35
     assert any(key.startswith("encoder.") for key in a["state_dict"])
     assert any(key.startswith("generator_ema.") for key in a["state_dict"])

@@ -17,7 +17,7 @@ from gan_runner.games.image_pool import ImagePool
 from gan_runner.nets.translation import PatchGANCritic, ResNetGenerator, patch_layers_for
 from gan_runner.schedules_translation import ConstantThenLinear
 from gan_runner.train import build_module, train
-from test_resume import _assert_same_state
+from test_resume import _assert_same_state, straight_and_resumed
 
 NETS = ("generator", "generator_ba", "discriminator", "discriminator_a")
 TINY = [
@@ -203,14 +203,7 @@ RESUMABLE = [
 
 
 def test_a_resumed_run_equals_the_straight_one_bit_for_bit_pools_included(tmp_path) -> None:
-    train(compose_config([*RESUMABLE, "train.g_steps=12"], tmp_path / "straight"))
-    halfway = tmp_path / "straight" / "checkpoints" / "g0000006.ckpt"
-    resumed = [*RESUMABLE, "train.g_steps=12", f"resume='{halfway}'"]
-    train(compose_config(resumed, tmp_path / "resumed"))
-    a, b = (
-        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)
-        for run in ("straight", "resumed")
-    )
+    a, b = straight_and_resumed(tmp_path, [*RESUMABLE, "train.g_steps=12"], at=6)
     assert a["gan_runner"]["counters"]["g_steps"] == 12
     _assert_same_state(a, b)  # networks (fixed_latent too), optimizers, schedules, counters
     pools_a, pools_b = a["gan_runner"]["game"], b["gan_runner"]["game"]

@@ -18,9 +18,9 @@ from gan_runner.data.module import to_model_range
 from gan_runner.errors import UserError
 from gan_runner.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from gan_runner.nets.unet import ConditionalPatchCritic, UNetGenerator
-from gan_runner.train import build_module, train
+from gan_runner.train import build_module
 from helpers_quality import prepare
-from test_resume import _assert_same_state
+from test_resume import _assert_same_state, straight_and_resumed
 
 # The recipe, on 8 px digit pairs, with 8-wide networks (the recipe's are 64 wide).
 TINY = [
@@ -266,11 +266,7 @@ def test_training_2n_equals_n_then_resume_then_n_bit_for_bit(tmp_path) -> None:
         "callbacks.progress=null",
         "callbacks.checkpoint.every=10",
     ]
-    train(compose_config(common, tmp_path / "straight"))
-    halfway = tmp_path / "straight" / "checkpoints" / "g0000010.ckpt"
-    train(compose_config([*common, f"resume='{halfway}'"], tmp_path / "resumed"))
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    a, b = straight_and_resumed(tmp_path, common, at=10)
     assert a["gan_runner"]["counters"]["g_steps"] == 20
     _assert_same_state(a, b)
     game_a, game_b = a["gan_runner"]["game"], b["gan_runner"]["game"]

@@ -43,6 +43,19 @@ def _run(folder: Path, *overrides: str) -> Path:
     return folder / "checkpoints"
 
 
+def straight_and_resumed(tmp_path: Path, overrides: list[str], at: int) -> tuple[dict, dict]:
+    """The last checkpoints of a run trained straight and of the same run resumed from its
+    g<at> checkpoint: what every game's bit-exact resume test compares."""
+    train(compose_config(overrides, tmp_path / "straight"))
+    halfway = tmp_path / "straight" / "checkpoints" / f"g{at:07d}.ckpt"
+    train(compose_config([*overrides, f"resume='{halfway}'"], tmp_path / "resumed"))
+    a, b = (
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)
+        for run in ("straight", "resumed")
+    )
+    return a, b
+
+
 def _assert_same_state(a: dict, b: dict) -> None:
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key in a["state_dict"]:
