@@ -145,3 +145,13 @@ def critic_outputs(critic: nn.Module, x: Tensor, labels: Tensor | None) -> Criti
     if isinstance(augment, nn.Module):
         x = augment(x)
     return critic.outputs(x, labels)
+
+
+def observe_real_scores(module: nn.Module, real_scores: Tensor) -> None:
+    """Show an adaptive augmentation (ADA's p) the critic's scores on real images, once per
+    critic step; a fixed augmentation has no `observe` and ignores them."""
+    observe = getattr(getattr(module.discriminator, "augment", None), "observe", None)
+    if observe is None:
+        return
+    trainer = getattr(module, "_trainer", None)
+    observe(real_scores.detach(), world_size=trainer.world_size if trainer is not None else 1)

@@ -282,6 +282,10 @@ class GANModule(pl.LightningModule):
         # Each player's own networks only: never self.parameters(), which holds the EMA copy.
         owned = player_parameters(self, self.players, self.network_names)
         optimizers = [self.optimizer_factories[player](owned[player]) for player in self.players]
+        intervals = self.game.lazy_intervals()
+        for player, optimizer in zip(self.players, optimizers):
+            if intervals.get(player, 1) > 1:
+                _adjust_for_lazy_phase(optimizer, intervals[player])
         self._optimizer_names = {id(opt): name for name, opt in zip(self.players, optimizers)}
         if self.make_schedule is None:
             return optimizers
@@ -345,6 +349,17 @@ class GANModule(pl.LightningModule):
             self.noise.set_state(mine["noise"])
             self._pending_noise_state = None
         _set_global_rng_state(mine["rng"])
+
+
+def _adjust_for_lazy_phase(optimizer: Optimizer, interval: int) -> None:
+    """lr·k/(k+1) and βᵢ^(k/(k+1)) for a player with a lazy phase every k batches (Karras et al.
+    2020, App. B): its optimizer then moves as far per batch as without the extra steps."""
+    ratio = interval / (interval + 1)
+    for group in [*optimizer.param_groups, optimizer.defaults]:
+        if "lr" in group:
+            group["lr"] = group["lr"] * ratio
+        if "betas" in group:
+            group["betas"] = tuple(beta**ratio for beta in group["betas"])
 
 
 def _global_rng_state() -> dict[str, Any]:

@@ -106,6 +106,7 @@ ADDED_KEY_DEFAULTS = {
     "accumulate": 1,
     "callbacks.ema.start_g_steps": 0,
     "data.fraction": None,
+    "objective.drift": 0.0,
     "regularizer.spectral_norm.networks": "['discriminator']",
 }
 

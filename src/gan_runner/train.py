@@ -136,6 +136,11 @@ def augment_critics(cfg: DictConfig, game: Any, networks: dict[str, nn.Module]) 
         )
     from gan_runner.augment import attach_augmentation
 
+    if hasattr(build(cfg, "aug"), "observe") and not game.observes_real_scores:
+        raise UserError(
+            f"aug={chosen_option(cfg, 'aug')} adapts its strength to the critic's scores on real "
+            f"images, which {type(game).__name__} does not report; use aug=diffaug"
+        )
     for name in critics:
         attach_augmentation(networks[name], build(cfg, "aug"))
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gan_runner.augment import critic_outputs
+from gan_runner.augment import critic_outputs, observe_real_scores
 from gan_runner.games.base import Game, Phase, Terms
 from gan_runner.losses.base import Play, Term
 from gan_runner.nets.layers import CriticOutput
@@ -27,6 +27,7 @@ class AdversarialGame(Game):
     """
 
     phase_names = ("discriminator", "generator")
+    observes_real_scores = True
 
     def __init__(
         self,
@@ -79,6 +80,10 @@ class AdversarialGame(Game):
         z, labels = module.draw_latent(n)
         return z, labels, {}
 
+    def generate(self, module: Any, z: Tensor, labels: Tensor | None) -> Tensor:
+        """The generator's samples for a phase (a game may mix styles or grow resolution)."""
+        return module.generator(z, labels)
+
     def terms(self, phase: Phase, batch: dict[str, Tensor], module: Any, gain: int) -> Terms:
         if phase.name == "discriminator":
             terms = self._discriminator_terms(batch, module)
@@ -91,14 +96,16 @@ class AdversarialGame(Game):
                 terms.logs.update({f"{phase.name}/{k}": v for k, v in term.logs().items()})
         return terms
 
-    def _discriminator_terms(self, batch: dict[str, Tensor], module: Any) -> Terms:
+    def _discriminator_terms(
+        self, batch: dict[str, Tensor], module: Any, penalties: bool = True
+    ) -> Terms:
         real, real_labels = batch["samples"], batch.get("labels")
         z, fake_labels, codes = self.draw(module, real.shape[0])
         # No graph through G for the critic's step. no_grad, not only the toggle's frozen
         # weights: torch.compile guards on grad mode, while torch 2.11 reused G's graph traced
         # here (weights frozen) in the generator step, whose loss then had no grad_fn.
         with torch.no_grad():
-            fake = module.generator(z, fake_labels)
+            fake = self.generate(module, z, fake_labels)
 
         def critic(samples: Tensor, labels: Tensor | None) -> Tensor:
             return self.critic(module, samples, labels)
@@ -106,6 +113,7 @@ class AdversarialGame(Game):
         real_out = self.critic_outputs(module, real, real_labels)
         fake_out = self.critic_outputs(module, fake, fake_labels)
         real_scores, fake_scores = real_out.scores.float(), fake_out.scores.float()
+        observe_real_scores(module, real_scores)
         losses: dict[str, Tensor | None] = {"adversarial": None}
         logs: dict[str, Tensor] = {}
         if not any(t.replaces_discriminator_objective for t in self.extra_terms.values()):
@@ -117,7 +125,7 @@ class AdversarialGame(Game):
         inputs = PenaltyInputs(
             critic, real, fake, real_labels, fake_labels, module.counters.d_steps, module.noise
         )
-        for name, regularizer in self.regularizers.items():
+        for name, regularizer in self.regularizers.items() if penalties else ():
             losses[name] = regularizer.discriminator_penalty(inputs)
         if self.extra_terms:
             play = Play(
@@ -130,7 +138,7 @@ class AdversarialGame(Game):
     def _generator_terms(self, batch: dict[str, Tensor], module: Any) -> Terms:
         real, real_labels = batch["samples"], batch.get("labels")
         z, fake_labels, codes = self.draw(module, real.shape[0])
-        fake = module.generator(z, fake_labels)
+        fake = self.generate(module, z, fake_labels)
         fake_out = self.critic_outputs(module, fake, fake_labels)
         real_out = None
         if getattr(self.objective, "generator_needs_real", False):

@@ -118,6 +118,9 @@ class Game:
     # what the game's critic reads instead.
     augmented_critics: tuple[str, ...] = ("discriminator",)
     critic_input: str = "images"
+    # Whether the critic's phase shows its real-image scores to an adaptive augmentation
+    # (aug=ada adjusts p from them); games whose scores are not logits of "real" refuse it.
+    observes_real_scores: bool = False
     # Whether a phase may run on slices of its batch (accumulate=k): not when one rollout of
     # the whole batch is shared by the phases.
     accumulates: bool = True
@@ -187,6 +190,20 @@ class Game:
 
     def after_step(self, phase: Phase, module: Any) -> None:
         """A constraint applied after `phase`'s optimizer step (weight clipping)."""
+
+    def lazy_intervals(self) -> dict[str, int]:
+        """{player: k} for players with a lazy phase every k batches that has terms to run:
+        their optimizers get stylegan2-ada's lr and β adjustment. A phase with no term this run
+        (a zero weight) adjusts nothing, unlike the reference's cfg=cifar (research §0.6)."""
+        intervals: dict[str, int] = {}
+        for phase in self.phases:
+            if phase.every > 1 and self.phase_has_terms(phase):
+                intervals[phase.player] = max(intervals.get(phase.player, 1), phase.every)
+        return intervals
+
+    def phase_has_terms(self, phase: Phase) -> bool:
+        """Whether `phase` has any term configured this run (False: it never steps)."""
+        return True
 
     def double_backward_networks(self) -> dict[str, str]:
         """{network: which term} for networks a term differentiates twice (input gradients)."""

@@ -28,6 +28,8 @@ class BiGANGame(AdversarialGame):
     each phase, as every other game of this package does.
     """
 
+    observes_real_scores = False  # its critic phase is its own: it shows ADA no scores
+
     def check(self, module: Any) -> None:
         if not hasattr(module, "encoder"):
             raise ValueError(

@@ -107,6 +107,8 @@ class EnergyGame(AdversarialGame):
     Regularizers and further terms (terms=[...]) join the phases as in the adversarial game.
     """
 
+    observes_real_scores = False  # energies are not logits of "real": ADA's r_t has no meaning
+
     def __init__(
         self,
         players: Mapping[str, Sequence[str]],
