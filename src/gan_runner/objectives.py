@@ -81,8 +81,17 @@ class Wasserstein(Objective):
 
     wasserstein = True
 
+    def __init__(self, drift: float = 0.0) -> None:
+        if drift < 0:
+            raise ValueError(f"objective.drift={drift} must be >= 0 (PGGAN's ε: 0.001)")
+        self.drift = drift
+
     def discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
-        return fake.mean() - real.mean()  # E[f(G(z))] - E[f(x)]
+        loss = fake.mean() - real.mean()  # E[f(G(z))] - E[f(x)]
+        if self.drift:
+            # Progressive GAN's ε-drift keeps real scores near 0 (Karras et al. 2018, App. A.1).
+            loss = loss + self.drift * real.square().mean()  # + ε E[f(x)²]
+        return loss
 
     def generator_loss(self, fake: Tensor, real: Tensor | None = None) -> Tensor:
         return -fake.mean()  # -E[f(G(z))]
