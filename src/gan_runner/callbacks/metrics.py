@@ -208,6 +208,17 @@ class EvaluateMetrics(pl.Callback):
         g_steps = self._evaluated_at = pl_module.counters.g_steps
         if not self.evaluations:
             return {}
+        if getattr(pl_module.sampling_generator, "growing", False):
+            # A growing generator (progressive growing) draws below the data's resolution:
+            # scores against full-resolution data would measure the resolution, not the model.
+            if trainer.global_rank == 0:
+                log.info(
+                    "metrics at g_steps=%d skipped: the generator is still growing (%s); they "
+                    "start once it reaches the data's resolution",
+                    g_steps,
+                    pl_module.sampling_generator.stage_name,
+                )
+            return {}
         started, rank_zero = time.perf_counter(), trainer.global_rank == 0
         if rank_zero:
             log.info("metrics at g_steps=%d: %s ...", g_steps, ", ".join(self.evaluations))
