@@ -3,7 +3,8 @@ reset at each fade's ends, metrics only at the data's resolution, exact resume m
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+import logging
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from gan_runner.errors import UserError
 from gan_runner.nets.progressive import fade_reals
 from gan_runner.objectives import Wasserstein
 from gan_runner.train import build_module, train
+from helpers_quality import pixel_frechet, prepare, trace_of_covariance
 from test_resume import straight_and_resumed
 
 # 16 px from 4 px; 64 images (8 batches of 8) per stable and per fade phase: 4 stable for batches
@@ -98,3 +100,33 @@ def test_a_resolution_the_schedule_cannot_reach_is_refused(tmp_path) -> None:
         build_module(
             compose_config([*TINY, "arch.generator.initial_resolution=32"], tmp_path / "r")
         )
+
+
+def test_growing_from_4_to_8_px_improves_the_pixel_fd_and_metrics_wait(tmp_path, caplog) -> None:
+    overrides = [
+        *TINY,
+        "data.resolution=8",
+        "data.batch_size=32",
+        "game.stable_kimg=2",
+        "game.fade_kimg=2",  # 4 px to batch 62 (2 kimg), fading to batch 125, then 8 px
+        "train.g_steps=300",
+        "callbacks.ema.half_life_kimg=0.5",
+        "metrics=[classifier]",
+        "metrics.classifier.extractor.steps=50",
+        "metrics.classifier.n_fake=200",
+        "metrics.classifier.show_progress=false",
+        "callbacks.metrics.every=100",
+    ]
+    run = prepare(compose_config(overrides, tmp_path / "run"))
+    data = run.datamodule.data
+    before = pixel_frechet(run.module, data)  # the full-resolution networks, untrained
+    with caplog.at_level(logging.INFO, logger="gan_runner.callbacks.metrics"):
+        module = run.fit()
+    after = pixel_frechet(module, data)
+    summary = f"pggan 4->8 px, 300 steps: pixel FD {before:.2f} -> {after:.2f}"
+    print(summary)
+    assert after <= 0.5 * before and after < trace_of_covariance(data), summary
+    skipped = [r.getMessage() for r in caplog.records if "still growing" in r.getMessage()]
+    assert len(skipped) == 1 and "8×8 at α=0.584 of 8×8" in skipped[0]  # g_steps 100: fading
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(row)["g_steps"] for row in rows] == [200, 300]
