@@ -147,11 +147,14 @@ def critic_outputs(critic: nn.Module, x: Tensor, labels: Tensor | None) -> Criti
     return critic.outputs(x, labels)
 
 
-def observe_real_scores(module: nn.Module, real_scores: Tensor) -> None:
+def observe_real_scores(module: nn.Module, real_scores: Tensor) -> dict[str, Tensor]:
     """Show an adaptive augmentation (ADA's p) the critic's scores on real images, once per
-    critic step; a fixed augmentation has no `observe` and ignores them."""
-    observe = getattr(getattr(module.discriminator, "augment", None), "observe", None)
+    critic step, and return its state to log (aug_p, aug_r_t); a fixed augmentation has no
+    `observe` and ignores them."""
+    augment = getattr(module.discriminator, "augment", None)
+    observe = getattr(augment, "observe", None)
     if observe is None:
-        return
+        return {}
     trainer = getattr(module, "_trainer", None)
     observe(real_scores.detach(), world_size=trainer.world_size if trainer is not None else 1)
+    return {"aug_p": augment.p.clone(), "aug_r_t": augment.r_t.clone()}

@@ -113,12 +113,13 @@ class AdversarialGame(Game):
         real_out = self.critic_outputs(module, real, real_labels)
         fake_out = self.critic_outputs(module, fake, fake_labels)
         real_scores, fake_scores = real_out.scores.float(), fake_out.scores.float()
-        observe_real_scores(module, real_scores)
+        adapted = observe_real_scores(module, real_scores)  # ADA's p, from this step's reals
         losses: dict[str, Tensor | None] = {"adversarial": None}
         logs: dict[str, Tensor] = {}
         if not any(t.replaces_discriminator_objective for t in self.extra_terms.values()):
             losses["adversarial"] = self.objective.discriminator_loss(real_scores, fake_scores)
             logs = {"d_real": real_scores.detach().mean(), "d_fake": fake_scores.detach().mean()}
+            logs.update(adapted)
             logs.update(
                 self.objective.critic_logs(real_scores, fake_scores, losses["adversarial"])
             )
