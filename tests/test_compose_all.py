@@ -56,6 +56,18 @@ TRANSLATION_BY_DATA = {"digits_unpaired": CYCLEGAN, "digits_paired": PIX2PIX}
 TRANSLATORS = {"cyclegan": CYCLEGAN, "pix2pix": PIX2PIX}
 
 
+def narrow_channels(cfg: DictConfig) -> list[str]:
+    """16 channels and a 16-d W for the Karras et al. players (PGGAN, StyleGAN): their papers'
+    512 take 20-30 s a test."""
+    overrides = []
+    for side, node in cfg.arch.items():
+        if isinstance(node, DictConfig) and "channel_max" in node:
+            overrides.append(f"arch.{side}.channel_max=16")
+        if isinstance(node, DictConfig) and "w_dim" in node:
+            overrides.append(f"arch.{side}.w_dim=16")
+    return overrides
+
+
 def selection(group: str, option: str) -> str:
     return f"{group}=[{option}]" if group in MULTI_SELECT else f"{group}={option}"
 
@@ -103,6 +115,7 @@ def test_every_option_composes_and_trains(make_cfg, group: str, option: str) -> 
     cfg = make_cfg(*overrides)
     if cfg.arch.generator.get("attention_resolutions"):
         overrides += ATTENTION_AT_8PX
+    overrides += narrow_channels(cfg)
     choices = HydraConfig.get().runtime.choices
     # A multi-select group (regularizer, metrics) has no single choice: its options are keys.
     assert choices.get(group) == option or option in cfg.get(group, {})

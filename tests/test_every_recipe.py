@@ -149,8 +149,14 @@ def narrow(cfg: Any) -> list[str]:
             overrides.append(f"arch.{side}.base_width=8")
         if "width" in node:  # SNGAN's ResNet
             overrides.append(f"arch.{side}.width=8")
+        if "channel_max" in node:  # PGGAN's and StyleGAN's channel_base/channel_max widths
+            overrides.append(f"arch.{side}.channel_max=16")
+        if "w_dim" in node:  # StyleGAN's W
+            overrides.append(f"arch.{side}.w_dim=16")
         if node.get("attention_resolutions"):  # where 8-px maps are: G's 8x8 block, D's 4x4
             overrides.append(f"arch.{side}.attention_resolutions=[{4 if 'disc' in side else 8}]")
+    if "stable_kimg" in cfg.game:  # progressive growing: the final stage from the 2nd batch
+        overrides += ["game.stable_kimg=0.016", "game.fade_kimg=0.016"]
     return overrides
 
 

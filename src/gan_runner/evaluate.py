@@ -92,6 +92,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> list[Path]:
         cfg.ckpt, cfg.use_ema, device, trusted_targets=list(cfg.trusted_targets)
     )
     counters = Counters(**checkpoints.load_checkpoint(cfg.ckpt)[CHECKPOINT_KEY]["counters"])
+    generator = module.sampling_generator
+    if getattr(generator, "growing", False):
+        raise UserError(
+            f"ckpt={cfg.ckpt} holds a generator still growing ({generator.stage_name}): its "
+            "samples are not at the data's resolution; evaluate a checkpoint written after it "
+            "reached it (train longer, or lower game.stable_kimg and game.fade_kimg)"
+        )
     datamodule = checkpoint_data(cfg, run)
     evaluation, protocol, note = checkpoint_evaluation(cfg, run, datamodule)
     try:

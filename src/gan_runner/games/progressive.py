@@ -29,7 +29,7 @@ class ProgressiveGame(AdversarialGame):
         players: Mapping[str, Sequence[str]],
         phases: Sequence[Mapping[str, Any]],
         objective: Objective,
-        final_resolution: int,
+        final_resolution: int | None,
         regularizers: Mapping[str, Regularizer] | None = None,
         terms: Mapping[str, Any] | None = None,
         initial_resolution: int = 4,
@@ -37,6 +37,11 @@ class ProgressiveGame(AdversarialGame):
         fade_kimg: float = 600.0,
     ) -> None:
         super().__init__(players, phases, objective, regularizers, terms)
+        if final_resolution is None:
+            raise ValueError(
+                "game=progressive grows images, so it needs image data (data.shape [C, H, W]); "
+                "use data=digits or another image data set"
+            )
         self.schedule = ProgressiveSchedule(
             final_resolution, initial_resolution, stable_kimg, fade_kimg
         )
