@@ -34,6 +34,9 @@ class Regularizer:
     # True when the penalty is a per-sample input gradient, which BatchNorm in the critic
     # invalidates by coupling the samples of a batch (Gulrajani et al. 2017, §4).
     per_sample_gradient: bool = False
+    # Whether its penalty reads generated samples (PenaltyInputs.fake): a phase of penalties
+    # alone makes none for those that do not (StyleGAN2's R1 phase runs no generator).
+    reads_fake: bool = True
 
     def build(self, discriminator: nn.Module) -> nn.Module:
         """Reparametrize the critic once, before the optimizers are made."""
@@ -108,6 +111,8 @@ class GradientPenalty(LazyPenalty):
 
 class R1(LazyPenalty):
     """The R1 penalty on real data of Mescheder et al. 2018, lazy as in Karras et al. 2020."""
+
+    reads_fake = False
 
     def __init__(self, gamma: float = 10.0, every: int = 1) -> None:
         if gamma < 0:

@@ -98,6 +98,22 @@ CASES = {
             ),
         ),
         Case(
+            "stylegan2_digits",
+            "StyleGAN2 recipe (4 phases, lazy R1 and path length, mixing 0.9) on digits 16×16, "
+            "tiny widths",
+            (
+                "model=stylegan2",
+                "data=digits",
+                "z_dim=64",
+                "arch.generator.w_dim=64",
+                "arch.generator.channel_base=512",  # 32 channels at every resolution
+                "arch.generator.channel_max=32",
+                "arch.discriminator.channel_base=512",
+                "arch.discriminator.channel_max=32",
+                "data.batch_size=32",
+            ),
+        ),
+        Case(
             "dcgan32_wgan_gp_bf16",
             "as dcgan32_wgan_gp in bf16-mixed (penalty in float32)",
             ("model=wgan_gp", "arch=dcgan", "data=cifar10", "trainer.precision=bf16-mixed"),

@@ -25,9 +25,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from gan_runner.bench.plain import PlainLoop
+from gan_runner.bench.plain_stylegan import PlainStyleGANLoop
 from gan_runner.cli import describe_error
 from gan_runner.data.module import TensorData
 from gan_runner.errors import UserError
+from gan_runner.games.stylegan import StyleGANGame
 from gan_runner.train import assemble, build_trainer
 
 T = TypeVar("T")
@@ -175,12 +177,15 @@ def _run_plain(run: Any, variant: Variant, batch_size: int, marks: Marks, device
     data = run.datamodule.data
     labels = None if data.labels is None else data.labels.to(device)
     data = TensorData(data.samples.to(device), labels)
-    loop = PlainLoop(
-        run.module, data, batch_size, device, variant.set_to_none, AUTOCAST[precision]
-    )
+    # The bench names its families: StyleGAN2's four phases get a plain loop of their own.
+    family = PlainStyleGANLoop if isinstance(run.module.game, StyleGANGame) else PlainLoop
+    loop = family(run.module, data, batch_size, device, variant.set_to_none, AUTOCAST[precision])
     while not marks.done:
         loop.step()
         marks(loop.d_steps, loop.g_steps)
+    hand_back = getattr(loop, "hand_back", None)  # state kept outside the networks (pl_mean)
+    if hand_back is not None:
+        hand_back()
 
 
 def interleave(runs: dict[str, Callable[[], T]], repeats: int) -> dict[str, list[T]]:
