@@ -32,6 +32,12 @@ from gan_runner.sample_inverse import (
     refuse_mode,
     translate_mode,
 )
+from gan_runner.sample_style import (
+    check_w_truncation,
+    has_styles,
+    style_mixing_mode,
+    truncation_sweep_mode,
+)
 
 BLANK = 1.0  # white tiles pad the rows of the arithmetic sheet, like make_grid's padding
 
@@ -57,6 +63,9 @@ def sample(cfg: DictConfig) -> list[Path]:
         print(f"Note: ckpt={cfg.ckpt} has no EMA generator; sampling the live generator")
     refuse_mode(module, cfg)
     check_class_label(module, cfg.class_label, cfg.ckpt)
+    if has_styles(module) and cfg.truncation is not None:
+        check_w_truncation(cfg.truncation, cfg.ckpt)
+        module.sampling_generator.truncation_psi = float(cfg.truncation)  # ψ in W, not in z
     noise = torch.Generator().manual_seed(cfg.seed)
     written = MODES[cfg.mode](module, cfg, noise, out)
     for path in written:
@@ -68,6 +77,7 @@ def _check_counts(cfg: DictConfig) -> None:
     lows = {"n": 1, "nrow": 1, "batch_size": 1, "seed": 0, "interpolation.pairs": 1}
     lows |= {"interpolation.steps": 2, "arithmetic.candidates": 1, "arithmetic.neighbours": 0}
     lows |= {"rejection.burn_in": 1, "rejection.max_proposals_per_sample": 1}
+    lows |= {"style_mixing.rows": 1, "style_mixing.cols": 1, "truncation_sweep.rows": 1}
     for key, low in lows.items():
         value = OmegaConf.select(cfg, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -106,6 +116,8 @@ def make_rejection(cfg: DictConfig) -> DiscriminatorRejection:
 def draw_latent(module: GANModule, n: int, noise: torch.Generator, psi: float | None) -> Tensor:
     """n latent codes as the model's game draws them (InfoGAN's codes included), truncated by ψ
     when given (see conf/sample.yaml); labels come from class_label instead."""
+    if has_styles(module):
+        psi = None  # a style-based generator truncates w (generator.truncation_psi), not z
     try:
         return module.game.draw_latent(module, n, noise, psi)[0]
     except ValueError as error:
@@ -392,4 +404,6 @@ MODES: dict[str, Callable[[GANModule, DictConfig, torch.Generator, Path], list[P
     "traversal": traversal_mode,
     "reconstruct": reconstruct_mode,  # BiGAN/ALI: x beside G(E(x)) (sample_inverse.py)
     "translate": translate_mode,  # CycleGAN, pix2pix: source | translation | cycle back
+    "style_mixing": style_mixing_mode,  # StyleGAN: coarse styles of rows, fine of columns
+    "truncation_sweep": truncation_sweep_mode,  # StyleGAN: each z from ψ = 0 to 1
 }
