@@ -59,5 +59,7 @@ def test_games_without_real_logits_refuse_ada(tmp_path, model) -> None:
 
 
 def test_a_target_outside_zero_one_is_one_line(tmp_path) -> None:
-    with pytest.raises(Exception, match=r"target.*\(0, 1\)"):
+    with pytest.raises(UserError, match=r"aug.target=1.5 must be in \(0, 1\)") as refused:
         train(compose_config([*DCGAN_ADA, "aug.target=1.5"], tmp_path / "run"))
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything trained

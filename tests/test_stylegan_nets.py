@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -278,3 +280,16 @@ def test_arch_configs_build_the_networks_they_name(tmp_path, arch: str) -> None:
     assert count(g) == count(direct)
     images = g(torch.randn(4, cfg.z_dim))
     assert images.shape == (4, 1, 16, 16) and d(images).shape == (4,)
+
+
+def test_no_module_of_the_package_loads_a_compiled_extension() -> None:
+    # The official StyleGAN code builds CUDA plugins on import, its users' first complaint:
+    # importing every gan_runner module must not even load torch's extension builder.
+    code = (
+        "import importlib, pkgutil, sys, gan_runner\n"
+        "for m in pkgutil.walk_packages(gan_runner.__path__, 'gan_runner.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(sorted(k for k in sys.modules if 'cpp_extension' in k))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
