@@ -290,7 +290,9 @@ def replay_training(tmp_path, schedule: dict[int, list[int]], **kwargs) -> Evalu
     )
     trainer = FakeTrainer()
     trainer.module = SimpleNamespace(
-        counters=SimpleNamespace(g_steps=0, images_seen=0), device=torch.device("cpu")
+        counters=SimpleNamespace(g_steps=0, images_seen=0),
+        device=torch.device("cpu"),
+        sampling_generator=torch.nn.Identity(),  # a full-resolution generator: never `growing`
     )
     for g_steps in schedule:
         trainer.module.counters.g_steps = g_steps
