@@ -35,10 +35,15 @@ from gan_runner.metrics.density1d import Density1D
 from gan_runner.metrics.extractors import ClassifierFeatures, InceptionFeatures, digest
 from gan_runner.metrics.fidelity import METRICS, FidelityEvaluation
 from gan_runner.metrics.mixture_eval import MixtureEvaluation
+from gan_runner.metrics.torchscript import TorchScriptFeatures
 from gan_runner.module import CHECKPOINT_KEY, Counters
 from gan_runner.train import build
 
-EXTRACTORS = {"InceptionFeatures": "inception", "ClassifierFeatures": "classifier"}
+EXTRACTORS = {
+    "InceptionFeatures": "inception",
+    "TorchScriptFeatures": "inception_torchscript",
+    "ClassifierFeatures": "classifier",
+}
 FOLDER_SPLIT = "folder"  # a folder comparison's reference "split", named in every metric
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 GAN_RUN_KEYS = {
@@ -190,6 +195,8 @@ def checkpoint_evaluation(cfg: DictConfig, run: DictConfig, datamodule: Any) -> 
         return density_evaluation(cfg)
     if len(datamodule.shape) == 1:
         return mixture_evaluation(cfg, run, datamodule)
+    if stacked_node(run) is not None:
+        return stacked_evaluation(cfg, run)
     extractor = choose_extractor(cfg, run)
     evaluation = fidelity(extractor, cfg, cfg.n_samples, cfg.split, cache_dir(cfg, run))
     return evaluation, f"{extractor.name}_{count(cfg.n_samples)}_{cfg.split}", ""
@@ -237,6 +244,27 @@ def mixture_evaluation(cfg: DictConfig, run: DictConfig, datamodule: Any) -> tup
     )
     print(f"Note: {note}")
     return evaluation, f"mixture_{evaluation.suffix}", note
+
+
+def stacked_node(run: DictConfig) -> dict[str, Any] | None:
+    """The run's metrics.stacked_modes settings, when it trained with that protocol."""
+    target = "gan_runner.metrics.stacked_modes.StackedModes"
+    return next((n for n in run_metrics(run) if n.get("_target_") == target), None)
+
+
+def stacked_evaluation(cfg: DictConfig, run: DictConfig) -> tuple:
+    """A run evaluated by the Stacked MNIST protocol is scored by it again, with its judge."""
+    from gan_runner.metrics.stacked_modes import StackedModes
+
+    judge = {k: v for k, v in stacked_node(run)["extractor"].items() if k != "_target_"}
+    extractor = ClassifierFeatures(**{**judge, "cache_dir": cache_dir(cfg, run)})
+    evaluation = StackedModes(extractor, cfg.n_samples, cfg.batch_size)
+    note = (
+        "stacked digits: scored with the run's Stacked MNIST protocol (metrics=[stacked_modes]: "
+        f"modes of 1,000, KL to uniform) instead of scores=[{','.join(metric_list(cfg))}]"
+    )
+    print(f"Note: {note}")
+    return evaluation, evaluation.suffix, note
 
 
 def generator_views(cfg: DictConfig, module: Any) -> list[tuple[str, Any]]:
@@ -298,9 +326,14 @@ def choose_extractor(cfg: DictConfig, run: DictConfig | None) -> Any:
     settings = ran[1] if ran and ran[0] == kind else {}
     if kind == "inception":
         return InceptionFeatures(cfg.weights_path or settings.get("weights_path"))
+    if kind == "inception_torchscript":  # the run's input convention, this command's file
+        return TorchScriptFeatures(
+            **{**settings, "path": cfg.weights_path or settings.get("path")}
+        )
     if kind != "classifier":
         raise UserError(
-            f"extractor={kind} is unknown; choose inception, classifier, or a node "
+            f"extractor={kind} is unknown; choose inception, inception_torchscript, classifier, "
+            "or a node "
             "{_target_: <class>} (see conf/eval.yaml)"
         )
     if run is None:
@@ -332,8 +365,14 @@ def custom_extractor(node: DictConfig) -> Any:
 def fidelity(extractor: Any, cfg: DictConfig, n: int, split: str, cache: str | None) -> Any:
     settings = {"n_real": cfg.n_real, "batch_size": cfg.batch_size, "cache_dir": cache}
     settings |= {"seed": cfg.seed, "show_progress": cfg.show_progress}
+    settings |= {"reference_stats": cfg.get("reference_stats")}
+    scores = metric_list(cfg)
+    if not getattr(extractor, "has_logits", True) and "is" in scores:
+        # The default score list asks for IS; a head-less extractor scores the rest and says so.
+        print(f"note: no IS: the {extractor.name} TorchScript file has no classifier head")
+        scores = [name for name in scores if name != "is"]
     try:
-        return FidelityEvaluation(extractor, metric_list(cfg), n, split=split, **settings)
+        return FidelityEvaluation(extractor, scores, n, split=split, **settings)
     except ValueError as error:  # n_real < 2
         raise UserError(str(error)) from None
 

@@ -94,10 +94,18 @@ class FidelityEvaluation:
         pr_k: int = 3,
         dc_k: int = 5,
         show_progress: bool = True,
+        reference_stats: str | None = None,
     ) -> None:
         unknown = sorted(set(metrics) - set(METRICS))
         if unknown:
             raise ValueError(f"metrics {unknown} are not among: {', '.join(METRICS)}")
+        headless = sorted({"is", "modes"} & set(metrics))
+        if headless and not getattr(extractor, "has_logits", True):
+            raise UserError(
+                f"metrics: {' and '.join(headless)} need class logits, which the "
+                f"{type(extractor).__name__} extractor has not (pool features only); drop "
+                f"{' and '.join(headless)} from the metric's list"
+            )
         if n_fake < 2 or (n_real is not None and n_real < 2):
             raise ValueError(f"n_fake={n_fake} and n_real={n_real} must be >= 2 (or n_real null)")
         self.extractor, self.metrics = extractor, list(metrics)
@@ -106,6 +114,7 @@ class FidelityEvaluation:
         self.seed, self.kid_subsets, self.kid_subset_size = seed, kid_subsets, kid_subset_size
         self.is_splits, self.pr_k, self.dc_k = is_splits, pr_k, dc_k
         self.show_progress = show_progress
+        self.reference_stats = Path(reference_stats).expanduser() if reference_stats else None
         # KID, PR and DC need every real feature vector; FID alone needs only its sums.
         self.keep_features = bool({"kid", "pr", "dc"} & set(self.metrics))
         self.device = torch.device("cpu")
@@ -129,14 +138,22 @@ class FidelityEvaluation:
         n_real = min(self.n_real or len(data), len(data))
         identity = data_identity(datamodule.source, data, self.split)
         weights = self.extractor.weights_hash()
-        key = digest("real-v1", identity, self.extractor.name, weights, n_real, self.keep_features)
-        path = self.cache_dir / f"real-{self.extractor.name}-{key[:16]}.pt"
+        key = digest("real-v2", identity, self.extractor.name, weights, n_real, self.keep_features)
+        # What a statistics file must match to stand in for the reals (and says it holds).
+        about = {"extractor": self.extractor.name, "weights_sha256": weights, "n": n_real}
+        about |= {"split": self.split, "source": identity["source"]}
+        path = self.reference_stats or self.cache_dir / f"real-{self.extractor.name}-{key[:16]}.pt"
         if path.is_file():
-            self._real = torch.load(path, map_location="cpu", weights_only=True)
+            self._real = load_statistics(path, about, self.keep_features)
+        elif self.reference_stats is not None:
+            raise UserError(
+                f"metrics: reference_stats={path} does not exist; give a real-*.pt file from a "
+                "cache of statistics, or null to compute (and cache) them here"
+            )
         else:
             workers = getattr(datamodule, "num_workers", 0)
             batches = real_image_batches(data, n_real, self.batch_size, workers)
-            self._real = self._real_statistics(batches, n_real)
+            self._real = {**self._real_statistics(batches, n_real), "about": about}
             if _rank() == 0:
                 save_atomic(self._real, path)
         self._prepared_for = datamodule
@@ -303,6 +320,45 @@ class FidelityEvaluation:
             "seed": self.seed,
             **{name: _version(name) for name in ("torch", "torchmetrics", "torch-fidelity")},
         }
+
+
+def load_statistics(path: Path, about: dict[str, Any], need_features: bool) -> dict[str, Any]:
+    """A cached reference; refused in one line when of another extractor, weights or count."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - truncated, not a torch file, pickled objects
+        detail = (str(error).strip().splitlines() or [""])[0][:100]
+        raise UserError(
+            f"metrics: {path} is not a statistics file gan_runner wrote ({detail}); delete it "
+            "to compute the statistics again"
+        ) from None
+    held = saved.get("about") if isinstance(saved, dict) else None
+    if not isinstance(held, dict):
+        raise UserError(
+            f"metrics: {path} does not say which extractor and samples it holds (written by an "
+            "older gan_runner or another tool); delete it to compute the statistics again"
+        )
+    differ = [key for key in about if held.get(key) != about[key]]
+    if differ:
+        said = ", ".join(
+            f"{key} {_short(held.get(key))} (here {_short(about[key])})" for key in differ
+        )
+        raise UserError(
+            f"metrics: {path} holds statistics of another reference: {said}; compare only like "
+            "with like: point reference_stats at statistics of this extractor, split and count, "
+            "or null to compute them"
+        )
+    if need_features and not saved["features"].numel():
+        raise UserError(
+            f"metrics: {path} holds FID sums only, but KID/PR/DC need every real feature row; "
+            "set reference_stats=null to compute them, or keep only fid in the metric's list"
+        )
+    return saved
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:12] + "…" if len(text) == 64 else text  # sha256s
 
 
 def class_modes(logits: Tensor) -> tuple[float, float]:
