@@ -3,27 +3,47 @@
 from __future__ import annotations
 
 import time
+import warnings
+from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import TINY_DIGITS
 from gan_runner.bench import fashion
 from gan_runner.bench.quality import machine
 from gan_runner.errors import UserError
+from gan_runner.metrics.fidelity import FidelityEvaluation
+from gan_runner.metrics.torchscript import TorchScriptFeatures
 
-CLASSIFIER = [
-    "metrics=[classifier]",
-    "metrics.classifier.metrics=[fid]",
-    "metrics.classifier.extractor.steps=50",
-    "metrics.classifier.n_fake=100",
-    "metrics.classifier.show_progress=false",
-    "train.g_steps=100000",
-]
+QUICK = ["metrics=[]", "train.g_steps=100000"]
+
+
+class PooledFeatures(torch.nn.Module):
+    """A fixed random conv + pooling: a stand-in Inception that scores digits in milliseconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 16, 5, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(x)).mean(dim=(2, 3))
+
+
+def small_inception(path: Path, n_fake: int) -> FidelityEvaluation:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(PooledFeatures()), str(path))
+    extractor = TorchScriptFeatures(str(path), num_features=16, resolution=24)
+    return FidelityEvaluation(
+        extractor, ["fid"], n_fake, cache_dir=str(path.parent), show_progress=False
+    )
 
 
 def test_fid_is_scored_on_a_training_clock_that_stops_at_the_budget(tmp_path, monkeypatch) -> None:
     # As main() composes it; each evaluation takes 1 s more, which must stay off the clock.
-    cfg = fashion.compose_run("digits", 0, [*TINY_DIGITS[1:], *CLASSIFIER], tmp_path)
+    cfg = fashion.compose_run("digits", 0, [*TINY_DIGITS[1:], *QUICK], tmp_path)
     score = fashion.TimedEvaluation._score
 
     def slow_score(self, trainer, pl_module):
@@ -31,9 +51,13 @@ def test_fid_is_scored_on_a_training_clock_that_stops_at_the_budget(tmp_path, mo
         time.sleep(1.0)
 
     monkeypatch.setattr(fashion.TimedEvaluation, "_score", slow_score)
-    result = fashion.train_timed(cfg, every_s=0.5, budget_s=1.5)
-    rows, fid = result["rows"], "fid_classifier_100_train"
-    assert result["names"] == [fid]
+    curve, final = (
+        small_inception(tmp_path / "net.pt", 100),
+        small_inception(tmp_path / "net.pt", 300),
+    )
+    result = fashion.train_timed(cfg, curve, final, every_s=0.5, budget_s=1.5)
+    rows, fid = result["rows"], "fid_inception_100_train"
+    assert result["curve_names"] == [fid] and list(result["final"]) == ["fid_inception_300_train"]
     # The untrained generator first, then every 0.5 s of training until 1.5 s have passed.
     assert rows[0]["g_steps"] == 0 and rows[0]["train_minutes"] == 0
     assert len(rows) == 4, rows
@@ -42,16 +66,24 @@ def test_fid_is_scored_on_a_training_clock_that_stops_at_the_budget(tmp_path, mo
     seconds = [row["train_minutes"] * 60 for row in rows]
     assert all(b - a < 0.9 for a, b in zip(seconds, seconds[1:])), seconds  # no eval in a gap
     assert all(row[fid] > 0 for row in rows)
+    assert result["provenance"]["implementation"] == "torchscript"
+    assert result["provenance"]["n_fake"] == 300 and result["g_steps"] == rows[-1]["g_steps"]
 
-    report = {"overrides": ["data=digits"], "machine": machine(), "machine_end": machine()}
-    report.update(result)
+    report = {"command": "bench", "seed": 0, "machine": machine(), "machine_end": machine()}
+    report |= {"curve_name": fid, "final_name": "fid_inception_300_train"}
+    report |= {"provenance": result["provenance"], "recipes": {"wgan_gp": result}}
     table = fashion.markdown(report)
-    assert (
-        f"| {rows[-1]['g_steps']} | {rows[-1]['train_minutes']:.1f} | {rows[-1][fid]:.2f} |"
-        in table
-    )
+    final = result["final"]["fid_inception_300_train"]
+    assert f"| wgan_gp | `model=wgan_gp arch=dcgan` | **{final:.1f}** |" in table
+    assert "| 24.5 |" in table  # Lucic et al.'s WGAN-GP beside ours
     fashion.plot(report, tmp_path / "fid.png")
     assert (tmp_path / "fid.png").stat().st_size > 1000
+
+
+def test_bad_budgets_are_one_line(capsys) -> None:
+    assert fashion.main(["--minutes", "0", "--no-install"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --minutes 0.0") and err.count("\n") == 1
 
 
 def test_dataset_present_installs_nothing(tmp_path, monkeypatch) -> None:

@@ -1,11 +1,13 @@
-"""`make bench-fashion`: classifier-FID of a Fashion-MNIST recipe against training time.
+"""`make bench-fashion`: Lucic et al. 2018's Fashion-MNIST FIDs, on a CPU budget, offline.
 
-Trains `gan-run experiment=dcgan_fashion_mnist` (or the overrides given) for a fixed budget of
-training wall-clock, scoring the EMA generator with the data set's own classifier features
-(conf/metrics/classifier.yaml: FID of 2,000 fakes against the training set) at fixed intervals
-of training time; evaluation time is kept off the clock. Inception FID is added at the end when
-its weights are on disk (on a CPU it costs tens of minutes). Writes fashion.json, fashion.md
-and fashion.png under the output folder.
+Trains each chosen loss on the same DCGAN (`experiment=dcgan_fashion_mnist`) for an equal budget
+of training wall-clock, and scores its EMA generator with the TF 2015-12-05 Inception (the
+TorchScript file `make inception-weights` fetches; torch-fidelity's with --extractor
+torch_fidelity) on Lucic et al.'s protocol: 10k generated images against the 10k test images,
+grayscale tiled to three channels. During training a cheaper curve (FID of fewer samples, named
+so: fid_inception_1k_test) is taken every few minutes; evaluation time is kept off the clock.
+The test set's statistics are cached once (keyed by extractor, weights hash, split and count),
+so each 10k FID costs one side. Writes fashion.json, fashion.md and fashion.png after each recipe.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.utilities.seed import isolate_rng
 from omegaconf import DictConfig
 
@@ -31,10 +32,22 @@ from gan_runner.bench.quality import compose_run, machine
 from gan_runner.errors import UserError
 from gan_runner.metrics.extractors import InceptionFeatures
 from gan_runner.metrics.fidelity import FidelityEvaluation
+from gan_runner.metrics.inception_weights import fetch
+from gan_runner.metrics.torchscript import TorchScriptFeatures
 from gan_runner.train import assemble, build_trainer
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
-RECIPE = ["experiment=dcgan_fashion_mnist", "metrics=[classifier]", "train.g_steps=1000000"]
+BASE = ["experiment=dcgan_fashion_mnist", "metrics=[]", "train.g_steps=1000000"]
+# Each loss on the shared DCGAN, with its own recipe's optimizer, n_critic and penalty; beside
+# the best FID of Lucic et al. 2018 (arXiv:1711.10337) Table 2 on Fashion-MNIST (a large GPU
+# hyperparameter search per loss).
+RECIPES: dict[str, tuple[list[str], float]] = {
+    "mm_gan": (["objective=minimax"], 29.6),
+    "ns_gan": ([], 26.5),
+    "lsgan": (["objective=least_squares"], 30.7),
+    "wgan": (["model=wgan", "arch=dcgan"], 21.5),
+    "wgan_gp": (["model=wgan_gp", "arch=dcgan"], 24.5),
+}
 
 
 def ensure_dataset(root: Path = DEBIAN_ROOT) -> None:
@@ -103,50 +116,65 @@ class TimedEvaluation(pl.Callback):
         )
 
 
-def inception_weights() -> Path | None:
-    """The 2015-12-05 InceptionV3 weights in torch's hub cache, if they are there."""
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    path = hub / "weights-inception-2015-12-05-6726825d.pth"
-    return path if path.is_file() else None
+def inception(kind: str, n_fake: int, cache_dir: Path) -> FidelityEvaluation:
+    """FID of n_fake EMA samples against all 10k test images, on the chosen Inception."""
+    extractor = TorchScriptFeatures(str(fetch())) if kind == "torchscript" else InceptionFeatures()
+    settings = {"split": "test", "batch_size": 50, "cache_dir": str(cache_dir)}
+    return FidelityEvaluation(extractor, ["fid"], n_fake, show_progress=False, **settings)
 
 
-def train_timed(cfg: DictConfig, every_s: float, budget_s: float) -> dict[str, Any]:
-    """Train `cfg` for budget_s seconds of training time; the FID curve and the final module."""
-    evaluation = instantiate(cfg.metrics.classifier, show_progress=False)
+def train_timed(
+    cfg: DictConfig, curve: Any, final: Any, every_s: float, budget_s: float
+) -> dict[str, Any]:
+    """Train cfg for budget_s seconds of training time; the curve and the final scores."""
     run = assemble(cfg)
-    clock = TimedEvaluation(evaluation, every_s, budget_s, int(cfg.seed))
+    clock = TimedEvaluation(curve, every_s, budget_s, int(cfg.seed))
     callbacks = [*run.callbacks, clock]  # compose_run's trainer.enable_progress_bar=false
     build_trainer(cfg, callbacks, []).fit(run.module, datamodule=run.datamodule)
-    result: dict[str, Any] = {"rows": clock.rows, "names": evaluation.names()}
-    result["provenance"] = evaluation.provenance()
-    weights = inception_weights()
-    if weights is not None:
-        inception = FidelityEvaluation(
-            InceptionFeatures(str(weights)),
-            metrics=["fid"],
-            n_fake=10000,
-            cache_dir=cfg.metrics.classifier.cache_dir,
-            show_progress=False,
-        )
+    result: dict[str, Any] = {"rows": clock.rows, "curve_names": curve.names()}
+    if final is not None:
+        started = time.perf_counter()
         noise = torch.Generator(device=run.module.device).manual_seed(int(cfg.seed))
         with isolate_rng():
-            result["inception"] = inception.evaluate(run.module, run.datamodule, noise)
+            result["final"] = final.evaluate(run.module, run.datamodule, noise)
+        result["final_eval_minutes"] = round((time.perf_counter() - started) / 60, 1)
+        result["provenance"] = final.provenance()
+    else:
+        result["provenance"] = curve.provenance()
+    result["g_steps"] = run.module.counters.g_steps
     return result
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The FID curve as a Markdown table, with the recipe and the machine it ran on."""
-    fid = next(name for name in report["names"] if name.startswith("fid_"))
-    lines = [f"| G steps | training minutes | {fid} |", "|---|---|---|"]
-    for row in report["rows"]:
-        lines.append(f"| {row['g_steps']} | {row['train_minutes']:.1f} | {row[fid]:.2f} |")
-    for name, value in report.get("inception", {}).items():
-        lines.append(f"\nAt the end: {name} = {value:.2f}.")
-    start = report["machine"]
+    """The recipes beside Lucic et al.'s Table 2, their curves, the protocol and the machine."""
+    lines = [
+        f"| recipe | gan-run overrides | {report['final_name']} | G steps | training min "
+        "| Lucic et al. 2018 (best of a large search) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, entry in report["recipes"].items():
+        final = entry.get("final", {}).get(report["final_name"])
+        cell = f"**{final:.1f}**" if final is not None else "not scored"
+        overrides = " ".join(RECIPES[name][0]) or "(the recipe as is)"
+        minutes = entry["rows"][-1]["train_minutes"] if entry["rows"] else 0.0
+        lines.append(
+            f"| {name} | `{overrides}` | {cell} | {entry['g_steps']} | {minutes:.1f} "
+            f"| {RECIPES[name][1]} |"
+        )
+    lines += ["", f"Curves ({report['curve_name']}, training minutes: FID):", ""]
+    for name, entry in report["recipes"].items():
+        points = [
+            f"{r['train_minutes']:.1f}: {r[report['curve_name']]:.1f}" for r in entry["rows"]
+        ]
+        lines.append(f"- {name}: " + ", ".join(points))
+    start, provenance = report["machine"], report.get("provenance", {})
     lines += [
         "",
-        f"Recipe: `gan-run {' '.join(report['overrides'])}`; feature classifier's held-out "
-        f"accuracy {report['provenance'].get('classifier_accuracy', float('nan')):.3f}.",
+        f"Command: `{report['command']}`; seed {report['seed']}; base recipe "
+        f"`gan-run {' '.join(BASE)}` plus each row's overrides.",
+        f"Extractor: {provenance.get('implementation', 'torch-fidelity')} Inception "
+        f"{provenance.get('weights', '')} (sha256 {provenance.get('weights_sha256', '?')}…), "
+        f"reference: the {provenance.get('n_real', '?')} {provenance.get('split', '')} images.",
         f"Machine: {start['platform']}, {start['cpu_count']} CPUs, torch {start['torch']} on "
         f"{start['torch_threads']} thread(s); load average (1 min) {start['load_average_1m']} at "
         f"the start, {report['machine_end']['load_average_1m']} at the end.",
@@ -155,21 +183,27 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """FID against training minutes, small enough to commit."""
+    """Each recipe's curve FID against training minutes, small enough to commit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fid = next(name for name in report["names"] if name.startswith("fid_"))
-    rows = [row for row in report["rows"] if row["g_steps"] > 0]  # log scale: skip the untrained
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=80)
-    ax.plot([r["train_minutes"] for r in rows], [r[fid] for r in rows], marker="o")
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=80)
+    for name, entry in report["recipes"].items():
+        rows = [row for row in entry["rows"] if row["g_steps"] > 0]  # log scale: no untrained
+        ax.plot(
+            [r["train_minutes"] for r in rows],
+            [r[report["curve_name"]] for r in rows],
+            marker="o",
+            label=name,
+        )
     ax.set_xlabel("training wall-clock (minutes, evaluation excluded)")
-    ax.set_ylabel(fid)
+    ax.set_ylabel(report["curve_name"])
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
-    ax.set_title("Fashion-MNIST: " + " ".join(o for o in report["overrides"] if "=" in o)[:60])
+    ax.legend(fontsize=8)
+    ax.set_title("Fashion-MNIST, DCGAN, one seed per loss")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -179,39 +213,72 @@ def plot(report: dict[str, Any], path: Path) -> None:
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m gan_runner.bench.fashion",
-        description="Classifier-FID of a Fashion-MNIST recipe against training wall-clock.",
+        description="Inception FID of GAN losses on Fashion-MNIST for an equal CPU budget each, "
+        "beside Lucic et al. 2018's Table 2.",
     )
-    parser.add_argument("--minutes", type=float, default=12.0, help="training budget")
-    parser.add_argument("--every", type=float, default=1.5, help="minutes between evaluations")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--minutes", type=float, default=30.0, help="training budget per recipe")
+    parser.add_argument("--every", type=float, default=5.0, help="minutes between curve points")
+    parser.add_argument("--curve-samples", type=int, default=1000, help="fakes per curve point")
+    parser.add_argument("--fid-samples", type=int, default=10000, help="fakes of the final FID")
+    parser.add_argument(
+        "--extractor",
+        choices=["torchscript", "torch_fidelity"],
+        default="torchscript",
+        help="the Inception's source (both TF 2015-12-05)",
+    )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", default=os.environ.get("GAN_RUNNER_CACHE", ".cache/gan_runner"))
     parser.add_argument("--out", default="outputs/bench", help="folder for fashion.json/.md/.png")
     parser.add_argument("--no-install", action="store_true", help="never call apt-get")
-    parser.add_argument("overrides", nargs="*", help="gan-run overrides after the recipe's")
+    parser.add_argument("overrides", nargs="*", help="gan-run overrides for every recipe")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
-    try:
-        if args.minutes <= 0 or args.every <= 0:
-            raise UserError(f"--minutes {args.minutes} and --every {args.every} must be > 0")
-        if not args.no_install:
-            ensure_dataset()
-        overrides = [*RECIPE, "metrics.classifier.metrics=[fid]", *args.overrides]
-        start = machine()
-        with tempfile.TemporaryDirectory(prefix="gan_bench_fashion_") as workdir:
-            cfg = compose_run("fashion_mnist", args.seed, overrides, Path(workdir))
-            result = train_timed(cfg, args.every * 60, args.minutes * 60)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    report = {"overrides": overrides, "machine": start, "machine_end": machine(), **result}
-    out = Path(args.out)
+def write(report: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    report = {**report, "machine_end": machine()}
     (out / "fashion.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "fashion.md").write_text(markdown(report))
     plot(report, out / "fashion.png")
-    print(markdown(report), end="")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    out = Path(args.out)
+    try:
+        if args.minutes <= 0 or args.every <= 0 or min(args.curve_samples, args.fid_samples) < 2:
+            raise UserError(
+                f"--minutes {args.minutes} and --every {args.every} must be > 0, --curve-samples "
+                f"{args.curve_samples} and --fid-samples {args.fid_samples} >= 2"
+            )
+        if not args.no_install:
+            ensure_dataset()
+        curve = inception(args.extractor, args.curve_samples, Path(args.cache))
+        final = inception(args.extractor, args.fid_samples, Path(args.cache))
+        report: dict[str, Any] = {
+            "command": "python -m gan_runner.bench.fashion " + " ".join(argv),
+            "seed": args.seed,
+            "machine": machine(),
+            "recipes": {},
+            "curve_name": curve.names()[0],
+            "final_name": final.names()[0],
+        }
+        for name in args.recipes:
+            print(f"{name}: {args.minutes:g} training minutes", flush=True)
+            overrides = [*BASE, *RECIPES[name][0], *args.overrides]
+            with tempfile.TemporaryDirectory(prefix="gan_bench_fashion_") as workdir:
+                cfg = compose_run("fashion_mnist", args.seed, overrides, Path(workdir))
+                result = train_timed(cfg, curve, final, args.every * 60, args.minutes * 60)
+            report["provenance"] = result.pop("provenance")
+            report["recipes"][name] = result
+            print(f"{name}: {result['final']}", flush=True)
+            write(report, out)  # after each recipe: a later crash loses nothing before it
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(markdown({**report, "machine_end": machine()}), end="")
     print(f"Written: {out / 'fashion.json'}, {out / 'fashion.md'}, {out / 'fashion.png'}")
     return 0
 
