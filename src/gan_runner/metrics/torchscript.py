@@ -65,7 +65,7 @@ class TorchScriptFeatures:
             try:
                 net = torch.jit.load(str(self.path), map_location="cpu").eval()
             except (RuntimeError, ValueError) as error:
-                detail = (str(error).strip().splitlines() or [""])[0][:120]
+                detail = (str(error).strip().splitlines() or [""])[0].split(". ")[0][:120]
                 raise UserError(
                     f"{self.path} is not a TorchScript file ({detail}); give a file written by "
                     f"torch.jit.save, or {FETCH_HINT}"
