@@ -279,3 +279,24 @@ def test_real_inception_fid_of_two_halves_is_small_against_data_versus_noise(
     against_noise = fid(digit_features[:150], noise)
     # Measured: halves ~31 (150 samples each: FID's small-sample bias), noise ~440.
     assert halves < against_noise / 5, (halves, against_noise)
+
+
+@pytest.mark.slow
+def test_real_inception_fid_falls_as_a_generator_trains(inception, tmp_path):
+    from conftest import QUICK, TINY_DIGITS, compose_config
+    from gan_runner.train import assemble, build_trainer
+
+    cfg = compose_config([*QUICK, *TINY_DIGITS, "train.g_steps=600", "callbacks=none"], tmp_path)
+    run = assemble(cfg)
+    evaluation = FidelityEvaluation(
+        inception, ["fid"], 150, n_real=300, cache_dir=str(tmp_path), show_progress=False
+    )
+
+    def fid_now() -> float:
+        noise = torch.Generator().manual_seed(0)
+        return evaluation.evaluate(run.module, run.datamodule, noise)["fid_inception_150_train"]
+
+    untrained = fid_now()
+    build_trainer(cfg, run.callbacks, []).fit(run.module, datamodule=run.datamodule)
+    trained = fid_now()
+    assert trained < untrained / 2, (untrained, trained)
