@@ -117,7 +117,7 @@ def test_the_default_file_missing_says_how_to_fetch_it(monkeypatch, tmp_path):
 
 def test_inception_score_is_refused_without_a_classifier_head(tmp_path):
     extractor = TorchScriptFeatures(str(tmp_path / "any.pt"))
-    with pytest.raises(UserError, match="is need class logits"):
+    with pytest.raises(UserError, match="is needs class logits"):
         FidelityEvaluation(extractor, ["fid", "is"], 10)
 
 

@@ -102,7 +102,8 @@ class FidelityEvaluation:
         headless = sorted({"is", "modes"} & set(metrics))
         if headless and not getattr(extractor, "has_logits", True):
             raise UserError(
-                f"metrics: {' and '.join(headless)} need class logits, which the "
+                f"metrics: {' and '.join(headless)} need{'' if len(headless) > 1 else 's'} "
+                "class logits, which the "
                 f"{type(extractor).__name__} extractor has not (pool features only); drop "
                 f"{' and '.join(headless)} from the metric's list"
             )
