@@ -7,7 +7,6 @@ Fast tests drive the real code with small scripted networks; the `slow` ones fet
 from __future__ import annotations
 
 import json
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from gan_runner.evaluate import evaluate
 from gan_runner.metrics.fidelity import FidelityEvaluation
 from gan_runner.metrics.scores import fid_metric
 from gan_runner.metrics.torchscript import TorchScriptFeatures
+from helpers_torchscript import PooledFeatures, scripted
 
 SIDE, WIDTH = 12, 8
 
@@ -38,25 +38,6 @@ class InputProbe(nn.Module):
         side = torch.full_like(flat[:, :1, 0], float(x.shape[-1]))
         pad = torch.zeros_like(flat[:, :2, 0])
         return torch.cat([flat.amin(2)[:, :1], flat.amax(2)[:, :1], flat.mean(2), side, pad], 1)
-
-
-class PooledFeatures(nn.Module):
-    """A fixed random conv + pooling to `width` features: any input side, FID-able features."""
-
-    def __init__(self, width: int, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.conv = nn.Conv2d(3, width, 5, stride=2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.tanh(self.conv(x)).mean(dim=(2, 3))
-
-
-def scripted(module: nn.Module, path: Path) -> Path:
-    with warnings.catch_warnings():  # torch.jit.script's deprecation notice
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.script(module), str(path))
-    return path
 
 
 def digits(resolution: int = 8) -> GANDataModule:
@@ -214,7 +195,7 @@ def test_gan_eval_scores_folders_with_a_torchscript_extractor(tmp_path):
     images = Digits().load().samples[:60].to(torch.uint8)
     for i, image in enumerate(images):
         Image.fromarray(image[0].numpy()).save(folder / f"{i:03d}.png")
-    path = scripted(PooledFeatures(2048), tmp_path / "net.pt")
+    path = scripted(PooledFeatures(2048, side=16), tmp_path / "net.pt")  # its input is 299 px
     overrides = [
         f"folders=[{folder},{folder}]",
         "extractor=inception_torchscript",

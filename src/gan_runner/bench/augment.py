@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from omegaconf import open_dict
 
-from gan_runner.bench.quality import machine
+from gan_runner.bench.seeds import machine
 from gan_runner.bench.timing import compose_run
 from gan_runner.errors import UserError
 from gan_runner.train import train

@@ -16,15 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import multiprocessing
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +28,15 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from gan_runner.bench import timing
+from gan_runner.bench.seeds import (
+    machine,
+    mean_se,
+    seed_parser,
+    seeds_of,
+    stat_cell,
+    threads_per_seed,
+    train_all,
+)
 from gan_runner.errors import UserError
 from gan_runner.metrics.mixture import mode_statistics
 from gan_runner.metrics.mixture_eval import MixtureEvaluation
@@ -139,14 +143,6 @@ def _reported(row: SeedRow) -> SeedRow:
     return row
 
 
-def mean_se(values: list[float]) -> tuple[float, float | None]:
-    """Mean and standard error (sample std / sqrt(n)); no standard error for a single value."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, statistics.stdev(values) / math.sqrt(len(values))
-
-
 def summarize(rows: list[SeedRow]) -> dict[str, Any]:
     """Per data set: mean ± s.e. of modes, HQ%, rKL and seconds, fewest modes, and the verdict."""
     summary: dict[str, Any] = {}
@@ -189,25 +185,6 @@ def _drs_summary(rows: list[SeedRow]) -> dict[str, Any]:
     return drs
 
 
-def machine() -> dict[str, Any]:
-    """Where the times were measured: they only compare on the same machine and load."""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def _cell(stat: dict[str, Any], digits: int) -> str:
-    if stat["se"] is None:
-        return f"{stat['mean']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} ± {stat['se']:.{digits}f}"
-
-
 def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown table, PacGAN4's published row beside each data set."""
     lines = [
@@ -215,11 +192,11 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for data, entry in report["summary"].items():
-        seconds = f"{_cell(entry['seconds'], 0)} ({entry['max_seconds']:.0f})"
+        seconds = f"{stat_cell(entry['seconds'], 0)} ({entry['max_seconds']:.0f})"
         lines.append(
             f"| {data} | {len(entry['seeds'])} | {entry['g_steps']} | "
-            f"{_cell(entry['modes'], 2)} / {entry['n_modes']} | {entry['min_modes']} | "
-            f"{_cell(entry['hq_percent'], 1)} | {_cell(entry['rkl'], 3)} | {seconds} | "
+            f"{stat_cell(entry['modes'], 2)} / {entry['n_modes']} | {entry['min_modes']} | "
+            f"{stat_cell(entry['hq_percent'], 1)} | {stat_cell(entry['rkl'], 3)} | {seconds} | "
             f"{'yes' if entry['passed'] else 'no'} |"
         )
         if "drs" in entry:
@@ -228,8 +205,9 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {data} + DRS (γ at the {100 * drs['percentile']:g}th percentile, keeps "
                 f"{100 * drs['acceptance']['mean']:.0f}%) | {len(entry['seeds'])} | "
-                f"{entry['g_steps']} | {_cell(drs['modes'], 2)} / {entry['n_modes']} | "
-                f"{drs['min_modes']} | {_cell(drs['hq_percent'], 1)} | {_cell(drs['rkl'], 3)} | "
+                f"{entry['g_steps']} | {stat_cell(drs['modes'], 2)} / {entry['n_modes']} | "
+                f"{drs['min_modes']} | {stat_cell(drs['hq_percent'], 1)} | "
+                f"{stat_cell(drs['rkl'], 3)} | "
                 f"– | {met} |"
             )
         if data in PACGAN4:
@@ -270,24 +248,10 @@ def run(
     threads (default: the CPUs shared out), so each seed's time is measured on its share only.
     """
     start = machine()
-    tasks = [(data, seed) for data in data_sets for seed in seeds]
-    share = (
-        torch.get_num_threads() if jobs <= 1 else threads or max(1, (os.cpu_count() or 1) // jobs)
-    )
+    share = threads_per_seed(jobs, threads)
     with tempfile.TemporaryDirectory(prefix="gan_bench_quality_") as workdir:
-        if jobs <= 1:
-            results = (train_seed(data, seed, overrides, Path(workdir)) for data, seed in tasks)
-            rows = [_reported(row) for row in results]
-        else:
-            context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-            with ProcessPoolExecutor(
-                jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(share,)
-            ) as pool:
-                futures = [
-                    pool.submit(train_seed, data, seed, overrides, Path(workdir))
-                    for data, seed in tasks
-                ]
-                rows = [_reported(future.result()) for future in futures]
+        tasks = [(data, seed, overrides, Path(workdir)) for data in data_sets for seed in seeds]
+        rows = train_all(train_seed, tasks, jobs, share, _reported)
     report = {
         "protocol": "PacGAN Table 1 (Lin et al. 2018): 2,500 samples, HQ within 3 std",
         "targets": {"hq_percent": TARGET_HQ_PERCENT, "rkl": TARGET_RKL, "seconds": TARGET_SECONDS},
@@ -306,21 +270,13 @@ def run(
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m gan_runner.bench.quality",
-        description="Train the default 2D recipe over seeds and score it by the PacGAN protocol.",
+    parser = seed_parser(
+        "python -m gan_runner.bench.quality",
+        "Train the default 2D recipe over seeds and score it by the PacGAN protocol.",
+        10,
+        "quality.json/.md",
     )
-    parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default 10)")
-    parser.add_argument("--seed-list", default=None, help="explicit seeds, e.g. 3,7")
     parser.add_argument("--data", default=",".join(DATA_SETS), help="ring8, grid25 or both")
-    parser.add_argument("--out", default="outputs/bench", help="folder for quality.json/.md")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
-    )
-    parser.add_argument(
-        "--jobs", type=int, default=1, help="seeds trained at once (each on CPUs / jobs threads)"
-    )
-    parser.add_argument("overrides", nargs="*", help="gan-run overrides, e.g. train.g_steps=100")
     return parser.parse_args(argv)
 
 
@@ -331,9 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [name for name in data_sets if name not in DATA_SETS]
         if unknown or not data_sets:
             raise UserError(f"--data {args.data}: choose from {', '.join(DATA_SETS)}")
-        seeds = _seeds(args)
-        if args.jobs < 1:
-            raise UserError(f"--jobs {args.jobs}: give at least 1")
+        seeds = seeds_of(args)
         if args.threads:
             torch.set_num_threads(args.threads)
         report = run(data_sets, seeds, args.overrides, Path(args.out), args.jobs, args.threads)
@@ -343,17 +297,6 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(report), end="")
     print(f"Written: {Path(args.out) / 'quality.json'}, {Path(args.out) / 'quality.md'}")
     return 0
-
-
-def _seeds(args: argparse.Namespace) -> list[int]:
-    if args.seed_list:
-        try:
-            return [int(seed) for seed in args.seed_list.split(",")]
-        except ValueError:
-            raise UserError(f"--seed-list {args.seed_list}: give integers, e.g. 0,3,7") from None
-    if args.seeds < 1:
-        raise UserError(f"--seeds {args.seeds}: give at least 1")
-    return list(range(args.seeds))
 
 
 if __name__ == "__main__":

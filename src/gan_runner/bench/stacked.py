@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +24,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from gan_runner.bench.quality import _cell, machine, mean_se
 from gan_runner.bench.quality import compose_run as compose_quiet
+from gan_runner.bench.seeds import (
+    machine,
+    mean_se,
+    seed_parser,
+    seeds_of,
+    stat_cell,
+    threads_per_seed,
+    train_all,
+)
 from gan_runner.errors import UserError
 from gan_runner.train import assemble, build_trainer
 
@@ -127,10 +133,10 @@ def markdown(report: dict[str, Any]) -> str:
     summary = report["summary"]
     lines.append(
         f"| stacked digits, mean ± s.e. | {len(rows)} | {rows[0]['g_steps']} | "
-        f"{_cell(summary['modes'], 1)} (min {summary['min_modes']}) | "
-        f"{_cell(summary['kl_modes'], 3)} (max {summary['max_kl_modes']:.3f}) | "
-        f"{_cell(summary['minutes'], 1)} (max {summary['max_minutes']:.1f}) | "
-        f"{_cell(summary['cpu_minutes'], 1)} (max {summary['max_cpu_minutes']:.1f}) |"
+        f"{stat_cell(summary['modes'], 1)} (min {summary['min_modes']}) | "
+        f"{stat_cell(summary['kl_modes'], 3)} (max {summary['max_kl_modes']:.3f}) | "
+        f"{stat_cell(summary['minutes'], 1)} (max {summary['max_minutes']:.1f}) | "
+        f"{stat_cell(summary['cpu_minutes'], 1)} (max {summary['max_cpu_minutes']:.1f}) |"
     )
     real = report["real_data"]
     lines.append(
@@ -178,21 +184,10 @@ def run(
     threads (default: the CPUs shared out), so each seed's minutes are those of its share.
     """
     start = machine()
-    share = (
-        torch.get_num_threads() if jobs <= 1 else threads or max(1, (os.cpu_count() or 1) // jobs)
-    )
+    share = threads_per_seed(jobs, threads)
     with tempfile.TemporaryDirectory(prefix="gan_bench_stacked_") as workdir:
-        if jobs <= 1:
-            results = [_reported(train_seed(seed, overrides, Path(workdir))) for seed in seeds]
-        else:
-            context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-            with ProcessPoolExecutor(
-                jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(share,)
-            ) as pool:
-                futures = [
-                    pool.submit(train_seed, seed, overrides, Path(workdir)) for seed in seeds
-                ]
-                results = [_reported(future.result()) for future in futures]
+        tasks = [(seed, overrides, Path(workdir)) for seed in seeds]
+        results = train_all(train_seed, tasks, jobs, share, _reported)
     rows, provenance = [row for row, _ in results], results[-1][1]
     report = {
         "protocol": "Stacked MNIST (Lin et al. 2018, Table 2) on the stacked embedded digits",
@@ -216,40 +211,18 @@ def run(
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m gan_runner.bench.stacked",
-        description="Train experiment=stacked_digits over seeds; score modes and KL (PacGAN).",
-    )
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
-    parser.add_argument("--seed-list", default=None, help="explicit seeds, e.g. 3,7")
-    parser.add_argument("--out", default="outputs/bench", help="folder for stacked.json/.md")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
-    )
-    parser.add_argument(
-        "--jobs", type=int, default=1, help="seeds trained at once (each on CPUs / jobs threads)"
-    )
-    parser.add_argument("overrides", nargs="*", help="gan-run overrides, e.g. train.g_steps=100")
-    return parser.parse_args(argv)
-
-
-def seeds_of(args: argparse.Namespace) -> list[int]:
-    if args.seed_list:
-        try:
-            return [int(seed) for seed in args.seed_list.split(",")]
-        except ValueError:
-            raise UserError(f"--seed-list {args.seed_list}: give integers, e.g. 0,3,7") from None
-    if args.seeds < 1:
-        raise UserError(f"--seeds {args.seeds}: give at least 1")
-    return list(range(args.seeds))
+    return seed_parser(
+        "python -m gan_runner.bench.stacked",
+        "Train experiment=stacked_digits over seeds; score modes and KL (PacGAN).",
+        5,
+        "stacked.json/.md",
+    ).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     try:
         seeds = seeds_of(args)
-        if args.jobs < 1:
-            raise UserError(f"--jobs {args.jobs}: give at least 1")
         if args.threads:
             torch.set_num_threads(args.threads)
         report = run(seeds, args.overrides, Path(args.out), args.jobs, args.threads)

@@ -368,12 +368,17 @@ def class_modes(logits: Tensor) -> tuple[float, float]:
     Mode counting with a classifier of the data set's labels, as in the Stacked-MNIST protocol
     (Metz et al. 2017; Lin et al. 2018): a collapsed generator covers few classes, unevenly.
     """
-    classes = logits.shape[1]
-    histogram = torch.bincount(logits.argmax(dim=1), minlength=classes).double()
+    covered, kl = label_modes(logits.argmax(dim=1), logits.shape[1])
+    return float(covered), kl
+
+
+def label_modes(labels: Tensor, num_classes: int) -> tuple[int, float]:
+    """Classes hit at least once by integer labels, and KL(histogram ‖ uniform) in nats."""
+    histogram = torch.bincount(labels.flatten().cpu(), minlength=num_classes).double()
     p = histogram / histogram.sum()
     covered = p > 0
-    kl = (p[covered] * (p[covered] * classes).log()).sum()  # Σ p log(p / (1/K))
-    return float(covered.sum()), float(kl)
+    kl = (p[covered] * (p[covered] * num_classes).log()).sum()  # Σ p log(p / (1/K))
+    return int(covered.sum()), float(kl)
 
 
 def _version(package: str) -> str | None:

@@ -3,7 +3,7 @@
 A one-channel classifier of the embedded digits, at the data's resolution, names the digit in
 each channel of every generated sample; the three digits make one of 1,000 modes. The protocol
 reports the modes covered by n = 26,000 samples and KL(mode histogram ‖ uniform) in nats, as
-`metrics.fidelity.class_modes` defines it. The classifier is `metrics=[classifier]`'s
+`metrics.fidelity.label_modes` defines it. The classifier is `metrics=[classifier]`'s
 (ClassifierFeatures), trained once on `data=digits` at that resolution and cached under the same
 key, so a digits run's classifier metric and this one share the file.
 """
@@ -22,15 +22,12 @@ from gan_runner.data.stacked_digits import CHANNELS, MODES, StackedDigits, mode_
 from gan_runner.errors import UserError
 from gan_runner.metrics.base import count, fake_batches, gather_rows, rank_share
 from gan_runner.metrics.extractors import ClassifierFeatures
+from gan_runner.metrics.fidelity import label_modes
 
 
-def mode_coverage(modes: Tensor, num_modes: int = MODES) -> tuple[int, float]:
-    """Modes hit at least once, and KL(histogram ‖ uniform over num_modes) in nats."""
-    histogram = torch.bincount(modes.flatten().cpu(), minlength=num_modes).double()
-    p = histogram / histogram.sum()
-    covered = p > 0
-    kl = (p[covered] * (p[covered] * num_modes).log()).sum()  # Σ p log(p / (1/K))
-    return int(covered.sum()), float(kl)
+def mode_coverage(modes: Tensor) -> tuple[int, float]:
+    """Modes of the 1,000 hit at least once, and KL(histogram ‖ uniform) in nats."""
+    return label_modes(modes, MODES)
 
 
 def ranking_score(modes: int, kl: float, num_modes: int = MODES) -> float:
