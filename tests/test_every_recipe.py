@@ -73,7 +73,9 @@ class Case:
     id: str
     choice: list[str]  # model=<recipe> data=<set>, or experiment=<name>
     metrics: bool
-    slow: bool = False  # a recipe on 2D points: make test-all (ring8_modes has them by default)
+    # make test-all only: a recipe on 2D points (ring8_modes has them by default), and an
+    # experiment on files, which trains at full size where a machine has them (CI has none).
+    slow: bool = False
 
 
 # Trained here only through its experiment: dealt to the recipes, its 1,000 classes made
@@ -107,6 +109,16 @@ def kinds_of(recipe: str) -> tuple[str, ...]:
     return ("points", "images")
 
 
+def reads_files(experiment: str) -> bool:
+    """Whether the experiment's data set is read from files (CIFAR-10, Fashion-MNIST, ...)."""
+    node = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml")
+    for entry in node.get("defaults", []):
+        data = entry.get("override /data") if isinstance(entry, DictConfig) else None
+        if data is not None:
+            return "root" in OmegaConf.load(CONF / "data" / f"{data}.yaml").get("source", {})
+    return False
+
+
 def make_cases() -> list[Case]:
     """Found by globbing conf/ (plain YAML reads: collecting this file composes nothing).
 
@@ -121,9 +133,11 @@ def make_cases() -> list[Case]:
         for kind, sets in kinds.items()
         if kind in kinds_of(model)
     ]
-    choices += [(e, [f"experiment={e}"], None) for e in options("experiment")]
+    for experiment in options("experiment"):
+        kind = "files" if reads_files(experiment) else None
+        choices.append((experiment, [f"experiment={experiment}"], kind))
     return [
-        Case(f"{name}-{'metrics' if on else 'nometrics'}", choice, on, slow=kind == "points")
+        Case(f"{name}-{'metrics' if on else 'nometrics'}", choice, on, kind in ("points", "files"))
         for name, choice, kind in choices
         for on in (False, True)
     ]
@@ -170,8 +184,7 @@ def narrow(cfg: Any) -> list[str]:
 def small_data(cfg: Any) -> list[str]:
     data = cfg.data
     overrides = ["data.resolution=8"] if "resolution" in data else []
-    points = len(data.get("shape", [])) == 1  # (stacked digits keep theirs: 1,000 classes)
-    if points and "n_samples" in data.get("source", {}):  # 2D mixtures: fewer points to draw
+    if "n_samples" in data.get("source", {}):  # 2D mixtures, stacked digits: fewer to draw
         overrides.append("data.source.n_samples=2048")
     return overrides
 
