@@ -2,40 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import time
-import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import TINY_DIGITS
 from gan_runner.bench import fashion
-from gan_runner.bench.quality import machine
+from gan_runner.bench.seeds import machine
 from gan_runner.errors import UserError
 from gan_runner.metrics.fidelity import FidelityEvaluation
 from gan_runner.metrics.torchscript import TorchScriptFeatures
+from helpers_torchscript import PooledFeatures, scripted
 
 QUICK = ["metrics=[]", "train.g_steps=100000"]
 
 
-class PooledFeatures(torch.nn.Module):
-    """A fixed random conv + pooling: a stand-in Inception that scores digits in milliseconds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 16, 5, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.conv(x)).mean(dim=(2, 3))
-
-
 def small_inception(path: Path, n_fake: int) -> FidelityEvaluation:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.script(PooledFeatures()), str(path))
-    extractor = TorchScriptFeatures(str(path), num_features=16, resolution=24)
+    extractor = TorchScriptFeatures(
+        str(scripted(PooledFeatures(16), path)), num_features=16, resolution=24
+    )
     return FidelityEvaluation(
         extractor, ["fid"], n_fake, cache_dir=str(path.parent), show_progress=False
     )
@@ -110,3 +97,20 @@ def test_failed_install_says_how_to_fix_it(tmp_path, monkeypatch) -> None:
         fashion.ensure_dataset(tmp_path)
     # install, then one apt-get update, then install again
     assert [cmd[-1] for cmd in calls] == ["dataset-fashion-mnist", "-q", "dataset-fashion-mnist"]
+
+
+def test_merge_keeps_earlier_rows_and_refuses_another_protocol(tmp_path) -> None:
+    protocol = {"curve_name": "fid_inception_1k_test", "final_name": "fid_inception_10k_test"}
+    protocol |= {"seed": 0, "minutes": 30.0}
+    earlier = {**protocol, "provenance": {"n_real": 10000}, "recipes": {"ns_gan": {"g": 1}}}
+    path = tmp_path / "fashion.json"
+    path.write_text(json.dumps(earlier))
+    now = {**protocol, "command": "bench", "recipes": {}}
+    report = fashion.merged(now, path)
+    assert report["recipes"] == {"ns_gan": {"g": 1}} and report["command"] == "bench"
+    assert fashion.merged(now, tmp_path / "absent.json") is now
+    with pytest.raises(UserError, match=r"minutes=30.0.*same --minutes"):
+        fashion.merged({**now, "minutes": 10.0}, path)
+    path.write_text("[]")
+    with pytest.raises(UserError, match="not a fashion.json"):
+        fashion.merged(now, path)

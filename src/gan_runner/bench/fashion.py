@@ -28,7 +28,8 @@ import torch
 from lightning.pytorch.utilities.seed import isolate_rng
 from omegaconf import DictConfig
 
-from gan_runner.bench.quality import compose_run, machine
+from gan_runner.bench.quality import compose_run
+from gan_runner.bench.seeds import machine
 from gan_runner.errors import UserError
 from gan_runner.metrics.extractors import InceptionFeatures
 from gan_runner.metrics.fidelity import FidelityEvaluation
@@ -149,17 +150,18 @@ def markdown(report: dict[str, Any]) -> str:
     """The recipes beside Lucic et al.'s Table 2, their curves, the protocol and the machine."""
     lines = [
         f"| recipe | gan-run overrides | {report['final_name']} | G steps | training min "
-        "| Lucic et al. 2018 (best of a large search) |",
-        "|---|---|---|---|---|---|",
+        "| load (start → end) | Lucic et al. 2018 (best of a large search) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, entry in report["recipes"].items():
         final = entry.get("final", {}).get(report["final_name"])
         cell = f"**{final:.1f}**" if final is not None else "not scored"
         overrides = " ".join(RECIPES[name][0]) or "(the recipe as is)"
         minutes = entry["rows"][-1]["train_minutes"] if entry["rows"] else 0.0
+        load = " → ".join(f"{value:.1f}" for value in entry.get("load_average_1m", [])) or "–"
         lines.append(
             f"| {name} | `{overrides}` | {cell} | {entry['g_steps']} | {minutes:.1f} "
-            f"| {RECIPES[name][1]} |"
+            f"| {load} | {RECIPES[name][1]} |"
         )
     lines += ["", f"Curves ({report['curve_name']}, training minutes: FID):", ""]
     for name, entry in report["recipes"].items():
@@ -231,6 +233,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cache", default=os.environ.get("GAN_RUNNER_CACHE", ".cache/gan_runner"))
     parser.add_argument("--out", default="outputs/bench", help="folder for fashion.json/.md/.png")
     parser.add_argument("--no-install", action="store_true", help="never call apt-get")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other recipes of an earlier fashion.json in --out (same protocol only)",
+    )
     parser.add_argument("overrides", nargs="*", help="gan-run overrides for every recipe")
     return parser.parse_args(argv)
 
@@ -241,6 +248,31 @@ def write(report: dict[str, Any], out: Path) -> None:
     (out / "fashion.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "fashion.md").write_text(markdown(report))
     plot(report, out / "fashion.png")
+
+
+# What makes two reports' rows comparable: the same scores, seed and training budget.
+PROTOCOL_KEYS = ("curve_name", "final_name", "seed", "minutes")
+
+
+def merged(report: dict[str, Any], path: Path) -> dict[str, Any]:
+    """report with an earlier report's recipes (those not about to be re-run) carried over."""
+    if not path.is_file():
+        return report
+    try:
+        earlier = json.loads(path.read_text())
+        same = {key: earlier[key] for key in PROTOCOL_KEYS} == {
+            key: report[key] for key in PROTOCOL_KEYS
+        }
+        provenance = earlier["provenance"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"--merge: {path} is not a fashion.json of this version") from None
+    if not same:
+        theirs = ", ".join(f"{key}={earlier[key]}" for key in PROTOCOL_KEYS)
+        raise UserError(
+            f"--merge: {path} was measured with {theirs}; run with the same --minutes, --seed, "
+            "--curve-samples and --fid-samples, or give another --out"
+        )
+    return {**report, "provenance": provenance, "recipes": dict(earlier["recipes"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,14 +296,21 @@ def main(argv: list[str] | None = None) -> int:
             "recipes": {},
             "curve_name": curve.names()[0],
             "final_name": final.names()[0],
+            "minutes": args.minutes,
         }
+        if args.merge:
+            report = merged(report, out / "fashion.json")
         for name in args.recipes:
             print(f"{name}: {args.minutes:g} training minutes", flush=True)
             overrides = [*BASE, *RECIPES[name][0], *args.overrides]
+            load_start = machine()["load_average_1m"]
             with tempfile.TemporaryDirectory(prefix="gan_bench_fashion_") as workdir:
                 cfg = compose_run("fashion_mnist", args.seed, overrides, Path(workdir))
                 result = train_timed(cfg, curve, final, args.every * 60, args.minutes * 60)
             report["provenance"] = result.pop("provenance")
+            # Each row's own: with --merge, rows come from different runs of this command.
+            result["load_average_1m"] = [load_start, machine()["load_average_1m"]]
+            result["measured"] = time.strftime("%Y-%m-%d %H:%M")
             report["recipes"][name] = result
             print(f"{name}: {result['final']}", flush=True)
             write(report, out)  # after each recipe: a later crash loses nothing before it
