@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 
 from gan_runner.errors import UserError
 from gan_runner.games.base import CriticSchedule, Game, Phase, Terms, player_parameters
+from gan_runner.steps import direct_steps, frozen
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ class GANModule(pl.LightningModule):
         self._grad_norms: dict[str, Tensor] = {}
         self.logs_this_step = self.step_was_generator = False
         self.step_losses: dict[str, Tensor] = {}
+        self._by_player: dict[str, Any] | None = None  # per fit (on_fit_start)
+        self._others: dict[str, list[nn.Parameter]] = {}
+        self._world_size, self._direct = 1, False
         # The fixed latent batch behind every sample grid: a persistent buffer, so grids stay
         # comparable across resumes and the EMA generator draws the same points.
         # Offset from the run seed so the grid's z is not the first training batch's z.
@@ -148,6 +152,11 @@ class GANModule(pl.LightningModule):
             if getattr(self, "_pending_noise_state", None) is not None:
                 self.noise.set_state(self._pending_noise_state)
                 self._pending_noise_state = None
+        # Looked up once per fit, not per batch: the optimizers, what each phase freezes, the
+        # world size, and whether Lightning's step wrappers may be skipped (steps.py).
+        self._by_player, self._others = None, {}
+        self._world_size = max(self.trainer.world_size, 1)
+        self._direct = direct_steps(self.trainer)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         counters = self.counters
@@ -164,7 +173,7 @@ class GANModule(pl.LightningModule):
                 self._run_phase(phase, batch, optimizers[phase.player], logs)
         counters.d_steps += 1
         # A batch's first entry is its real samples ("samples", or a translation batch's "a").
-        counters.images_seen += next(iter(batch.values())).shape[0] * self.trainer.world_size
+        counters.images_seen += next(iter(batch.values())).shape[0] * self._world_size
         if cycle_ends:
             for scheduler in self._schedulers():
                 scheduler.step()  # schedules advance in generator steps (cycles)
@@ -187,8 +196,8 @@ class GANModule(pl.LightningModule):
         self.phase_due[phase.name] = due + 1
         if due % phase.every:
             return
-        # Toggling freezes the other players: gradients flow through them, their weights get none.
-        with self.toggled_optimizer(optimizer):
+        # The other players are frozen: gradients flow through them, their weights get none.
+        with frozen(self._frozen_during(phase.player)):
             if self.accumulate > 1:
                 stepped = self._accumulated_step(phase, batch, optimizer)
                 if stepped is None:
@@ -201,8 +210,8 @@ class GANModule(pl.LightningModule):
                     return
                 total = reduce(add, active.values())
                 optimizer.zero_grad(set_to_none=True)
-                self.manual_backward(total)
-            optimizer.step()
+                self._backward(total)
+            self._step(optimizer)
         self.game.after_step(phase, self)
         logs.update({f"{phase.name}/{name}": loss.detach() for name, loss in active.items()})
         if phase.total_as:
@@ -226,10 +235,42 @@ class GANModule(pl.LightningModule):
             if not active:
                 return None
             total = reduce(add, active.values()) / k
-            self.manual_backward(total)
+            self._backward(total)
             for name, loss in active.items():
                 sums[name] = sums.get(name, 0) + loss.detach() / k
         return terms, sums, reduce(add, sums.values())
+
+    def _backward(self, loss: Tensor) -> None:
+        if self._direct:
+            loss.backward()
+        else:
+            self.manual_backward(loss)
+
+    def _step(self, optimizer: Any) -> None:
+        """optimizer.step(), or what it would do: the clipping hook, the step, the step count
+        (Lightning's global_step, which counts optimizer steps)."""
+        if not self._direct:
+            optimizer.step()
+            return
+        optimizer._on_before_step()
+        self.on_before_optimizer_step(optimizer.optimizer)
+        optimizer.optimizer.step()
+        optimizer._on_after_step()
+
+    def _frozen_during(self, player: str) -> list[nn.Parameter]:
+        """The parameters of every other player's optimizer (Lightning's toggle_optimizer set)."""
+        if player not in self._others:
+            own = self._optimizers_by_player[player].param_groups
+            mine = {id(p) for group in own for p in group["params"]}
+            seen: set[int] = set()
+            others = []
+            for optimizer in self.trainer.optimizers:
+                for p in (p for g in optimizer.param_groups for p in g["params"]):
+                    if id(p) not in mine and id(p) not in seen:
+                        seen.add(id(p))
+                        others.append(p)
+            self._others[player] = others
+        return self._others[player]
 
     def _schedulers(self) -> list:
         schedulers = self.lr_schedulers()
@@ -273,9 +314,12 @@ class GANModule(pl.LightningModule):
         # batches, and its on-step results would be re-logged on every later batch.
         for logger in self.loggers:
             logger.log_metrics(values, step=self.counters.g_steps)
-        shown = {"train/d_loss", "train/g_loss", "train/g_steps"}
-        for key, value in values.items():
-            self.log(key, value, prog_bar=key in shown, logger=False, on_step=True, batch_size=1)
+        # Into the trainer's metrics directly, as self.log(on_step=True) would leave them: what
+        # self.log puts in Lightning's result collection costs a pass over it every batch.
+        trainer = self.trainer
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
+        shown = ("train/d_loss", "train/g_loss", "train/g_steps")
+        trainer.progress_bar_metrics.update({k: values[k] for k in shown if k in values})
         self._grad_norms.clear()
 
     def configure_optimizers(self) -> Any:
@@ -297,9 +341,11 @@ class GANModule(pl.LightningModule):
 
     @property
     def _optimizers_by_player(self) -> dict[str, Optimizer]:
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        return dict(zip(self.players, optimizers))
+        if getattr(self, "_by_player", None) is None:
+            optimizers = self.optimizers()
+            optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+            self._by_player = dict(zip(self.players, optimizers))
+        return self._by_player
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
