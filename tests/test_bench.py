@@ -37,11 +37,14 @@ TINY_WGAN_GP = [
     "train.log_every=2",
 ]
 
+# InfoGAN: codes in z and the MI loss on the critic's Q head (bench/plain_infogan.py).
+TINY_INFOGAN = ["model=infogan", *TINY_DIGITS, "data.batch_size=32", "train.log_every=2"]
+
 
 @pytest.mark.parametrize(
     "overrides",
-    [TINY_MLP, TINY_WGAN_GP, [*TINY_MLP, "trainer.precision=bf16-mixed"]],
-    ids=["mlp", "wgan_gp", "mlp_bf16_mixed"],
+    [TINY_MLP, TINY_WGAN_GP, [*TINY_MLP, "trainer.precision=bf16-mixed"], TINY_INFOGAN],
+    ids=["mlp", "wgan_gp", "mlp_bf16_mixed", "infogan"],
 )
 def test_the_plain_loop_and_gan_run_train_to_identical_weights(overrides, tmp_path):
     cfg = compose_run([*QUICK, "callbacks=none", "metrics=[]", *overrides], tmp_path)

@@ -77,6 +77,11 @@ CASES = {
         ),
         Case("dcgan_digits", "DCGAN recipe on digits 16×16", ("model=dcgan", "data=digits")),
         Case(
+            "infogan_digits",
+            "InfoGAN recipe (10-way + 2 continuous codes, Q head on the critic) on digits 16×16",
+            ("model=infogan", "data=digits"),
+        ),
+        Case(
             "sagan_digits",
             "SAGAN recipe (attention, SN in both, TTUR) on digits 16×16, widths 32, batch 64",
             (

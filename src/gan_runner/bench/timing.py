@@ -25,10 +25,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from gan_runner.bench.plain import PlainLoop
+from gan_runner.bench.plain_infogan import PlainInfoGANLoop
 from gan_runner.bench.plain_stylegan import PlainStyleGANLoop
 from gan_runner.cli import describe_error
 from gan_runner.data.module import TensorData
 from gan_runner.errors import UserError
+from gan_runner.games.infogan import InfoGANGame
 from gan_runner.games.stylegan import StyleGANGame
 from gan_runner.train import assemble, build_trainer
 
@@ -164,6 +166,7 @@ def train_variant(
     return marks.window(batch_size), run.module
 
 
+PLAIN_LOOPS = {StyleGANGame: PlainStyleGANLoop, InfoGANGame: PlainInfoGANLoop}
 AUTOCAST = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16}
 
 
@@ -177,8 +180,9 @@ def _run_plain(run: Any, variant: Variant, batch_size: int, marks: Marks, device
     data = run.datamodule.data
     labels = None if data.labels is None else data.labels.to(device)
     data = TensorData(data.samples.to(device), labels)
-    # The bench names its families: StyleGAN2's four phases get a plain loop of their own.
-    family = PlainStyleGANLoop if isinstance(run.module.game, StyleGANGame) else PlainLoop
+    # The bench names its families: StyleGAN2's four phases and InfoGAN's codes get plain loops
+    # of their own.
+    family = PLAIN_LOOPS.get(type(run.module.game), PlainLoop)
     loop = family(run.module, data, batch_size, device, variant.set_to_none, AUTOCAST[precision])
     while not marks.done:
         loop.step()
