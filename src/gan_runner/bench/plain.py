@@ -139,11 +139,15 @@ class PlainLoop:
                 if term is not None:
                     loss = loss + term
             self._update(self.g_opt, loss, logs if log else None, "generator")
+        self.generator_stepped()
+        return logs
+
+    def generator_stepped(self) -> None:
+        """A cycle ends: schedules advance in generator steps, the critic's count restarts."""
         for scheduler in self.schedulers:
             scheduler.step()
         self.g_steps += 1
         self.since_g = 0
-        return logs
 
     def _update(self, opt, loss: Tensor, logs: dict | None, name: str) -> None:
         opt.zero_grad(set_to_none=self.set_to_none)

@@ -69,8 +69,5 @@ class PlainInfoGANLoop(PlainLoop):
             loss = loss + self.information(fake_out.heads["codes"], z)
             logs = {"g_loss": loss.detach()}
             self._update(self.g_opt, loss, logs if log else None, "generator")
-        for scheduler in self.schedulers:
-            scheduler.step()
-        self.g_steps += 1
-        self.since_g = 0
+        self.generator_stepped()
         return logs
