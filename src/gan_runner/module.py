@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -109,6 +110,7 @@ class GANModule(pl.LightningModule):
         self._by_player: dict[str, Any] | None = None  # per fit (on_fit_start)
         self._others: dict[str, list[nn.Parameter]] = {}
         self._world_size, self._direct = 1, False
+        self.batch_images = 0  # real samples in the last batch trained, over all ranks
         # The fixed latent batch behind every sample grid: a persistent buffer, so grids stay
         # comparable across resumes and the EMA generator draws the same points.
         # Offset from the run seed so the grid's z is not the first training batch's z.
@@ -158,7 +160,39 @@ class GANModule(pl.LightningModule):
         self._world_size = max(self.trainer.world_size, 1)
         self._direct = direct_steps(self.trainer)
 
+    def on_train_start(self) -> None:
+        # train.batches_per_step > 1: each step brings k batches as (k, batch, ...) tensors.
+        loader = self.trainer.train_dataloader
+        self._loader = loader if getattr(loader, "group", 1) > 1 else None
+        # Callbacks that run after each batch of a group but its last (Lightning runs that one):
+        # gan_runner's and the user's; Lightning's own and progress bars count its steps.
+        self._replayed = [
+            callback
+            for callback in self.trainer.callbacks
+            if not type(callback).__module__.startswith("lightning.")
+            and not isinstance(callback, ProgressBar)
+        ]
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        loader = getattr(self, "_loader", None)
+        if loader is None:
+            self._train_batch(batch)
+            return
+        k = next(iter(batch.values())).shape[0]
+        trainer = self.trainer
+        for i in range(k):
+            one = {key: value[i] for key, value in batch.items()}
+            self._train_batch(one)
+            loader.in_group_left = k - 1 - i  # what a checkpoint taken now has consumed
+            if i == k - 1:
+                return  # Lightning's on_train_batch_end follows for the group's last batch
+            for callback in self._replayed:  # idempotent per step: a stop re-runs them once
+                callback.on_train_batch_end(trainer, self, None, one, batch_idx)
+            if trainer.should_stop:
+                return
+
+    def _train_batch(self, batch: dict[str, Tensor]) -> None:
+        """One batch: each phase due in this critic cycle steps its player once."""
         counters = self.counters
         repeats = [phase.schedule.critic_steps(counters.g_steps) for phase in self.game.phases]
         batches_left = max(repeats) - counters.critic_steps_since_g  # in this cycle, this one too
@@ -173,7 +207,8 @@ class GANModule(pl.LightningModule):
                 self._run_phase(phase, batch, optimizers[phase.player], logs)
         counters.d_steps += 1
         # A batch's first entry is its real samples ("samples", or a translation batch's "a").
-        counters.images_seen += next(iter(batch.values())).shape[0] * self._world_size
+        self.batch_images = next(iter(batch.values())).shape[0] * self._world_size
+        counters.images_seen += self.batch_images
         if cycle_ends:
             for scheduler in self._schedulers():
                 scheduler.step()  # schedules advance in generator steps (cycles)

@@ -34,6 +34,7 @@ OUTSIDE_THE_TRAJECTORY = (
     "paths",
     "train.g_steps",
     "train.log_every",
+    "train.batches_per_step",  # batches per Lightning step: the same batches, the same run
     "logger",
     "metrics",
     "optimized_metric",

@@ -380,6 +380,7 @@ def assemble(cfg: DictConfig) -> Assembled:
     settings = check_run_settings(cfg)
     pl.seed_everything(settings.seed, workers=True, verbose=False)
     datamodule = build(cfg, "data")
+    datamodule.batches_per_step = settings.train.batches_per_step
     module = build_module(cfg)
     apply_speed_options(module, cfg.get("speed"))
     callbacks = build_each(cfg, "callbacks")

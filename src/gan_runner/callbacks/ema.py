@@ -56,7 +56,10 @@ class GeneratorEMA(pl.Callback):
         if g_steps == self._g_steps_seen:
             return  # no generator step this batch
         self._g_steps_seen = g_steps
-        batch_images = batch["samples"].shape[0] * trainer.world_size
+        # The module's count: under train.batches_per_step > 1, `batch` holds the whole group.
+        batch_images = getattr(pl_module, "batch_images", 0) or (
+            batch["samples"].shape[0] * trainer.world_size
+        )
         # One update per G step, so the ramp-up counts G-side images too (not D's, which
         # n_critic multiplies).
         beta = self.beta(batch_images, g_steps * batch_images)

@@ -26,7 +26,8 @@ class IndexedTensors(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, indices: list[int]) -> dict[str, Tensor]:
+    def __getitem__(self, indices: list[int] | list[list[int]]) -> dict[str, Tensor]:
+        # A list of k index batches gives (k, batch, ...) tensors: k batches in one gather.
         index = torch.as_tensor(indices, device=self.data.samples.device)
         batch = {"samples": self.data.samples[index]}
         if self.data.labels is not None:
@@ -51,28 +52,50 @@ class LabeledIndexedTensors(IndexedTensors):
 
 
 class ShuffledBatches(Sampler[list[int]]):
-    """Index batches from a rank's shard of a seeded shuffle; reshuffles on set_epoch."""
+    """Index batches from a rank's shard of a seeded shuffle; reshuffles on set_epoch.
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world_size: int) -> None:
+    With group > 1 it yields lists of up to `group` consecutive index batches (the epoch's last
+    list may hold fewer): the same batches in the same order, fetched `group` at a time.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int, rank: int, world_size: int, group: int = 1
+    ) -> None:
         self.shard = DistributedSampler(
             range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
-        self.batch_size = batch_size
-        self.skip = 0  # items of the next pass already consumed before a resume
+        self.batch_size, self.group = batch_size, group
+        self.skip = 0  # batches of the next pass already consumed before a resume
 
     def set_epoch(self, epoch: int) -> None:
         self.shard.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[Any]:
         indices = list(self.shard)
         first, self.skip = self.skip, 0
-        for start in range(
-            first * self.batch_size, len(indices) - self.batch_size + 1, self.batch_size
-        ):
-            yield indices[start : start + self.batch_size]
+        size = self.batch_size
+        batches = (
+            indices[start : start + size]
+            for start in range(first * size, len(indices) - size + 1, size)
+        )
+        if self.group == 1:
+            yield from batches
+            return
+        chunk: list[list[int]] = []
+        for batch in batches:
+            chunk.append(batch)
+            if len(chunk) == self.group:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.shard) // self.batch_size
 
     def __len__(self) -> int:
-        return len(self.shard) // self.batch_size
+        return math.ceil(self.batches_per_epoch / self.group)
 
 
 class LabeledBatches(ShuffledBatches):
@@ -133,23 +156,33 @@ class ResumableLoader(DataLoader):
     """
 
     _served = 0
+    # Batches of the group being trained that the module has not trained yet (it sets this as
+    # it goes, so a checkpoint inside a group, or a stop, resumes with the very next batch).
+    in_group_left = 0
 
-    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, seed: int = 0, group: int = 1, **kwargs: Any) -> None:
         # Its own generator: each new iterator draws a worker base seed, which would otherwise
         # come from the global RNG, and a resume creates one more iterator than the straight run.
         super().__init__(*args, generator=torch.Generator().manual_seed(seed), **kwargs)
+        self.group = group  # index batches per item: ShuffledBatches(group=...)
 
     def __iter__(self) -> Iterator[Any]:
-        self._served = self.sampler.skip
+        self._served, self.in_group_left = self.sampler.skip, 0
         for batch in super().__iter__():
-            self._served += 1
+            self._served += 1 if self.group == 1 else next(iter(batch.values())).shape[0]
             yield batch
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return getattr(self.sampler, "batches_per_epoch", None) or len(self)
 
     def state_dict(self) -> dict[str, int]:
         # Lightning fetches no batch ahead from a loader with a length, so this is what the
-        # training steps consumed.
-        return {"batches_served": self._served, "batches_per_epoch": len(self)}
+        # training steps consumed (in batches, whatever the group).
+        served = self._served - self.in_group_left
+        return {"batches_served": served, "batches_per_epoch": self.batches_per_epoch}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         served = int(state["batches_served"])
-        self.sampler.skip = served if served < len(self) else 0  # a finished epoch: none
+        # A finished epoch: none to skip.
+        self.sampler.skip = served if served < self.batches_per_epoch else 0

@@ -320,9 +320,23 @@ class GANDataModule(pl.LightningDataModule):
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
+    # Batches per training step (train.batches_per_step, set by gan-run): >1 fetches them as one.
+    batches_per_step = 1
+
     def train_dataloader(self) -> ResumableLoader:
         self.setup()
         world, rank = self._world_size(), self._rank()
+        group = self.batches_per_step
+        if group > 1 and (
+            isinstance(self.data, TwoDomainData)
+            or self.labeled is not None
+            or not isinstance(self.train_data, TensorData)
+        ):
+            raise UserError(
+                f"train.batches_per_step={group} fetches several batches as one from in-memory "
+                f"data; {self._name()} here is read from files, split for semi-supervision or "
+                "in two domains; use train.batches_per_step=1"
+            )
         if isinstance(self.data, TwoDomainData):
             return self._two_domain_loader(world, rank)
         if self.labeled is not None:
@@ -337,10 +351,14 @@ class GANDataModule(pl.LightningDataModule):
             )
         served = self.train_data
         if isinstance(served, TensorData):
-            sampler = ShuffledBatches(len(served), self.batch_size, self.seed, rank, world)
+            sampler = ShuffledBatches(len(served), self.batch_size, self.seed, rank, world, group)
             # batch_size=None: the sampler yields whole index batches and the dataset slices them.
             return ResumableLoader(
-                IndexedTensors(served), sampler=sampler, batch_size=None, seed=self.seed
+                IndexedTensors(served),
+                sampler=sampler,
+                batch_size=None,
+                seed=self.seed,
+                group=group,
             )
         shard = DistributedSampler(
             served, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
