@@ -46,7 +46,7 @@ def _trace(module, events: list, latents: list) -> None:
     module.phase = None
     kinds = {"discriminator": "d", "generator": "g"}
     ran: list[str] = []
-    run_phase, training_step = module._run_phase, module.training_step
+    run_phase, train_batch = module._run_phase, module._train_batch
 
     def phase_step(phase, *args):
         module.phase = kinds[phase.name]
@@ -54,8 +54,8 @@ def _trace(module, events: list, latents: list) -> None:
         module.phase = None
         ran.append(kinds[phase.name])
 
-    def step(*args):
-        training_step(*args)
+    def step(*args):  # one batch (train.batches_per_step groups several in a Lightning step)
+        train_batch(*args)
         c = module.counters
         for kind in ran:
             params = [p.detach().clone() for p in module.generator.parameters()]
@@ -66,7 +66,7 @@ def _trace(module, events: list, latents: list) -> None:
             )
         ran.clear()
 
-    module._run_phase, module.training_step = phase_step, step
+    module._run_phase, module._train_batch = phase_step, step
     draw = module.draw_latent
 
     def draw_latent(n):

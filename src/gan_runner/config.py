@@ -28,12 +28,13 @@ log = logging.getLogger(__name__)
 class TrainSettings:
     g_steps: int = 2000
     log_every: int = 50
-    batches_per_step: int = 1
+    batches_per_step: int | None = None  # None: as many as fit (GANDataModule.batches_per_step)
 
     def __post_init__(self) -> None:
         _at_least("train.g_steps", self.g_steps, 1)
         _at_least("train.log_every", self.log_every, 1)
-        _at_least("train.batches_per_step", self.batches_per_step, 1)
+        if self.batches_per_step is not None:
+            _at_least("train.batches_per_step", self.batches_per_step, 1)
 
 
 @dataclass

@@ -83,6 +83,7 @@ class TimedEvaluation(pl.Callback):
         self.rows: list[dict[str, float]] = []
         self._trained_s, self._since = 0.0, 0.0
         self._next_s = 0.0
+        self._stopped = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with isolate_rng():  # trains (or loads) the feature classifier and the real statistics
@@ -91,12 +92,15 @@ class TimedEvaluation(pl.Callback):
         self._next_s, self._since = self.every_s, time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._stopped:  # the stop's batch again, after a group (train.batches_per_step)
+            return
         now = time.perf_counter()
         self._trained_s += now - self._since
         if self._trained_s >= min(self._next_s, self.budget_s):
             self._score(trainer, pl_module)
             self._next_s += self.every_s
             trainer.should_stop = trainer.should_stop or self._trained_s >= self.budget_s
+            self._stopped = self._trained_s >= self.budget_s
         self._since = time.perf_counter()
 
     def _score(self, trainer: pl.Trainer, pl_module: Any) -> None:

@@ -41,6 +41,10 @@ class TensorData:
         return self.samples.shape[0]
 
 
+# train.batches_per_step=null: batches per step, and the most bytes of samples fetched at once.
+AUTO_GROUP = (16, 64 * 2**20)
+
+
 def to_model_range(samples: Tensor) -> Tensor:
     """uint8 images in [0, 255] become floats in [-1, 1]; float samples pass unchanged."""
     if samples.dtype == torch.uint8:
@@ -306,6 +310,13 @@ class GANDataModule(pl.LightningDataModule):
         self.labeled, self.held_out = split.labeled, split.test
         return split.train
 
+    def _auto_group(self) -> int:
+        """Up to AUTO_GROUP[0] batches per step, their samples within AUTO_GROUP[1] bytes."""
+        most, budget = AUTO_GROUP
+        sample = self.train_data.samples[0]
+        batch_bytes = sample.numel() * sample.element_size() * self.batch_size
+        return max(1, min(most, budget // max(batch_bytes, 1)))
+
     def _name(self) -> str:
         return f"data={getattr(self.source, 'name', '') or type(self.source).__name__}"
 
@@ -320,18 +331,22 @@ class GANDataModule(pl.LightningDataModule):
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
-    # Batches per training step (train.batches_per_step, set by gan-run): >1 fetches them as one.
-    batches_per_step = 1
+    # Batches per training step (train.batches_per_step, set by gan-run): >1 fetches them as
+    # one; None: as many as AUTO_GROUP allows where the data can be fetched so, else 1.
+    batches_per_step: int | None = 1
 
     def train_dataloader(self) -> ResumableLoader:
         self.setup()
         world, rank = self._world_size(), self._rank()
+        groupable = (
+            isinstance(self.train_data, TensorData)
+            and not isinstance(self.data, TwoDomainData)
+            and self.labeled is None
+        )
         group = self.batches_per_step
-        if group > 1 and (
-            isinstance(self.data, TwoDomainData)
-            or self.labeled is not None
-            or not isinstance(self.train_data, TensorData)
-        ):
+        if group is None:
+            group = self._auto_group() if groupable else 1
+        if group > 1 and not groupable:
             raise UserError(
                 f"train.batches_per_step={group} fetches several batches as one from in-memory "
                 f"data; {self._name()} here is read from files, split for semi-supervision or "
