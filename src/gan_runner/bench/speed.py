@@ -257,6 +257,10 @@ ABLATIONS = (
         "Lightning's NVML-based CUDA check", "probe skipped (speed.py)", only="cpu",
     ),
     Ablation(
+        "batches per step", "mlp_grid25", Variant("gan_run", ("train.batches_per_step=1",)),
+        GAN, "train.batches_per_step=1", "train.batches_per_step=null (16)",
+    ),
+    Ablation(
         "log every N G steps", "mlp_grid25", Variant("gan_run", ("train.log_every=1",)), GAN,
         "train.log_every=1", "train.log_every=50",
     ),
