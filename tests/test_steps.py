@@ -73,3 +73,22 @@ def test_the_fast_path_is_taken_only_where_the_wrappers_do_nothing() -> None:
             pass
 
     assert not direct_steps(pl.Trainer(**quiet, callbacks=[ClipsItself()]))
+
+
+def test_speed_direct_steps_false_keeps_lightnings_wrappers_with_the_same_weights(
+    make_cfg, monkeypatch
+) -> None:
+    fast, _ = trained(make_cfg(*SMALL))
+    calls = []
+    original = pl.LightningModule.manual_backward
+
+    def counted(self, loss, *args, **kwargs):
+        calls.append(1)
+        return original(self, loss, *args, **kwargs)
+
+    monkeypatch.setattr(pl.LightningModule, "manual_backward", counted)
+    wrapped, _ = trained(make_cfg(*SMALL, "speed.direct_steps=false"))
+    assert fast._direct and not wrapped._direct
+    assert len(calls) == 2 * 12  # every backward went through Lightning's wrapper
+    for a, b in zip(fast.state_dict().values(), wrapped.state_dict().values()):
+        assert torch.equal(a, b)

@@ -110,6 +110,7 @@ class GANModule(pl.LightningModule):
         self._by_player: dict[str, Any] | None = None  # per fit (on_fit_start)
         self._others: dict[str, list[nn.Parameter]] = {}
         self._world_size, self._direct = 1, False
+        self.allow_direct_steps = True  # speed.direct_steps (speed.py)
         self.batch_images = 0  # real samples in the last batch trained, over all ranks
         # The fixed latent batch behind every sample grid: a persistent buffer, so grids stay
         # comparable across resumes and the EMA generator draws the same points.
@@ -158,7 +159,7 @@ class GANModule(pl.LightningModule):
         # world size, and whether Lightning's step wrappers may be skipped (steps.py).
         self._by_player, self._others = None, {}
         self._world_size = max(self.trainer.world_size, 1)
-        self._direct = direct_steps(self.trainer)
+        self._direct = self.allow_direct_steps and direct_steps(self.trainer)
 
     def on_train_start(self) -> None:
         # train.batches_per_step > 1: each step brings k batches as (k, batch, ...) tensors.

@@ -32,6 +32,7 @@ class SpeedSettings:
     compile: bool = False  # torch.compile each network's forward (in place: same state dict)
     tf32: bool = True  # TF32 float32 matmuls on CUDA GPUs (Ampere and newer)
     fused_optimizers_on_gpu: bool = True  # fused Adam/AdamW/SGD kernels for players on a GPU
+    direct_steps: bool = True  # plain backward()/step() where Lightning's wrappers add nothing
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> SpeedSettings:
@@ -61,6 +62,8 @@ def apply_speed_options(module: Any, settings: SpeedSettings | Mapping[str, Any]
         compile_networks(module)
     if settings.fused_optimizers_on_gpu:
         prefer_fused_optimizers_on_gpu(module)
+    # Read at fit start, where steps.direct_steps decides whether the trainer allows it.
+    module.allow_direct_steps = settings.direct_steps
     return module
 
 
