@@ -69,6 +69,23 @@ CASES = {
                 "regularizer=[]",
             ),
         ),
+        # Where the framework's per-batch work is a large share of a ~2 ms batch: the case that
+        # shows what the loop's fast paths (batches per step, direct steps) are worth.
+        Case(
+            "mlp_small",
+            "MLP 2×64 (BatchNorm G), non-saturating, Adam, batch 64",
+            (
+                "data=grid25",
+                "arch.generator.hidden=[64,64]",
+                "arch.discriminator.hidden=[64,64]",
+                "data.batch_size=64",
+                "z_dim=16",
+                "latent=normal",
+                "optimizer=adam",
+                "schedule=constant",
+                "regularizer=[]",
+            ),
+        ),
         Case(
             "dcgan32_wgan_gp",
             "DCGAN 32×32 RGB, WGAN-GP (λ=10, layer-norm critic), Adam",
@@ -257,8 +274,13 @@ ABLATIONS = (
         "Lightning's NVML-based CUDA check", "probe skipped (speed.py)", only="cpu",
     ),
     Ablation(
-        "batches per step", "mlp_grid25", Variant("gan_run", ("train.batches_per_step=1",)),
+        "batches per step", "mlp_small", Variant("gan_run", ("train.batches_per_step=1",)),
         GAN, "train.batches_per_step=1", "train.batches_per_step=null (16)",
+    ),
+    Ablation(
+        "direct backward and step", "mlp_small",
+        Variant("gan_run", ("speed.direct_steps=false",)), GAN,
+        "manual_backward + LightningOptimizer.step", "speed.direct_steps=true (steps.py)",
     ),
     Ablation(
         "log every N G steps", "mlp_grid25", Variant("gan_run", ("train.log_every=1",)), GAN,
