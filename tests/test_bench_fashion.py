@@ -101,7 +101,7 @@ def test_failed_install_says_how_to_fix_it(tmp_path, monkeypatch) -> None:
 
 def test_merge_keeps_earlier_rows_and_refuses_another_protocol(tmp_path) -> None:
     protocol = {"curve_name": "fid_inception_1k_test", "final_name": "fid_inception_10k_test"}
-    protocol |= {"seed": 0, "minutes": 30.0}
+    protocol |= {"seed": 0, "minutes": 30.0, "inception": "torchscript 7ff4a85c3a6378f0"}
     earlier = {**protocol, "provenance": {"n_real": 10000}, "recipes": {"ns_gan": {"g": 1}}}
     path = tmp_path / "fashion.json"
     path.write_text(json.dumps(earlier))
@@ -111,6 +111,9 @@ def test_merge_keeps_earlier_rows_and_refuses_another_protocol(tmp_path) -> None
     assert fashion.merged(now, tmp_path / "absent.json") is now
     with pytest.raises(UserError, match=r"minutes=30.0.*same --minutes"):
         fashion.merged({**now, "minutes": 10.0}, path)
+    # torch-fidelity's Inception names its FIDs as the TorchScript one does: refused too.
+    with pytest.raises(UserError, match=r"inception=torchscript 7ff4.*--extractor"):
+        fashion.merged({**now, "inception": "torch_fidelity 0123456789abcdef"}, path)
     path.write_text("[]")
     with pytest.raises(UserError, match="not a fashion.json"):
         fashion.merged(now, path)

@@ -254,8 +254,9 @@ def write(report: dict[str, Any], out: Path) -> None:
     plot(report, out / "fashion.png")
 
 
-# What makes two reports' rows comparable: the same scores, seed and training budget.
-PROTOCOL_KEYS = ("curve_name", "final_name", "seed", "minutes")
+# What makes two reports' rows comparable: the same scores, seed and training budget, and the
+# same Inception (both extractors give the metrics the same names).
+PROTOCOL_KEYS = ("curve_name", "final_name", "seed", "minutes", "inception")
 
 
 def merged(report: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -274,7 +275,7 @@ def merged(report: dict[str, Any], path: Path) -> dict[str, Any]:
         theirs = ", ".join(f"{key}={earlier[key]}" for key in PROTOCOL_KEYS)
         raise UserError(
             f"--merge: {path} was measured with {theirs}; run with the same --minutes, --seed, "
-            "--curve-samples and --fid-samples, or give another --out"
+            "--curve-samples, --fid-samples and --extractor, or give another --out"
         )
     return {**report, "provenance": provenance, "recipes": dict(earlier["recipes"])}
 
@@ -301,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             "curve_name": curve.names()[0],
             "final_name": final.names()[0],
             "minutes": args.minutes,
+            "inception": f"{args.extractor} {final.extractor.weights_hash()[:16]}",
         }
         if args.merge:
             report = merged(report, out / "fashion.json")
