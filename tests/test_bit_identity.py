@@ -2,7 +2,7 @@
 
 Each case trains a tiny run through the real config (`train(cfg)`), loads `checkpoints/last.ckpt`
 and hashes its weights (G, D, the EMA generator, buffers), both optimizers' states and learning
-rates, the latent noise stream's state, and the run's counters. tests/data/weight_hashes.json
+rates, the latent noise stream's state, and the run's counters. tests/data/weight_hashes/
 holds the hashes recorded at a commit whose trajectories are trusted (its `recorded_at`). A change
 of the training loop that moves one bit of one case fails here and names the parts that moved.
 
@@ -17,9 +17,15 @@ existed at 99d02eb must have one. A new case or recipe is added to the JSON deli
 each case twice and refuses a case whose two runs differ.
 
 Floats depend on the CPU's kernels (oneDNN/MKL pick code paths by instruction set) and on torch's
-version: the JSON also holds a canary, the hash of a fixed small seeded computation. Where this
-machine's canary or torch version differ from the recorded ones, the cases skip (they could not
-match) and say how to re-record.
+version, so tests/data/weight_hashes/ holds one JSON per kind of machine, each with a canary: the
+hash of a fixed small seeded computation. The cases compare against the file whose canary and
+torch version are this machine's; with none, they skip and say how to record one. A new kind of
+machine is recorded with the trusted commit's code and this file's recorder:
+
+    git worktree add /tmp/trusted 99d02eb
+    ln -s /tmp/trusted/conf /tmp/trusted/src/gan_runner/conf
+    PYTHONPATH=/tmp/trusted/src .venv/bin/python tests/test_bit_identity.py --record \
+        --recorded-at 99d02eb
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -40,7 +47,7 @@ from torch import Tensor, nn
 from conftest import QUICK, TINY_DIGITS, compose_config
 
 HERE = Path(__file__).resolve().parent
-HASHES = HERE / "data" / "weight_hashes.json"
+HASHES_DIR = HERE / "data" / "weight_hashes"  # one JSON per kind of machine
 
 # Every recipe of conf/model/ at commit 99d02eb: each must keep a recorded case.
 RECIPES_AT_99D02EB = ("dcgan", "gan", "lsgan", "nsgan", "sngan", "wgan", "wgan_gp")
@@ -318,13 +325,22 @@ def _canary() -> str:
 
 
 # ----------------------------------------------------------------------------- tests
-def _recorded() -> dict[str, Any]:
-    if not HASHES.is_file():
-        return {"cases": {}}
-    return json.loads(HASHES.read_text())
+def _recordings() -> dict[Path, dict[str, Any]]:
+    return {path: json.loads(path.read_text()) for path in sorted(HASHES_DIR.glob("*.json"))}
 
 
-RECORDED = _recorded()
+RECORDINGS = _recordings()
+# Every case any machine recorded (each machine must record the same ones).
+RECORDED_CASES = sorted({case for r in RECORDINGS.values() for case in r["cases"]})
+
+
+def this_machines_file() -> Path | None:
+    """The recording made on a machine that computes floats as this one does, if any."""
+    here = canary()
+    for path, recorded in RECORDINGS.items():
+        if recorded.get("canary") == here and recorded.get("torch") == torch.__version__:
+            return path
+    return None
 
 
 def how_to_record(case: str = "") -> str:
@@ -334,28 +350,22 @@ def how_to_record(case: str = "") -> str:
 
 @pytest.fixture(scope="module")
 def comparable() -> dict[str, Any]:
-    """The recorded hashes, or a skip where this machine cannot reproduce their bits."""
-    how = (
-        f"re-record every case at commit {RECORDED.get('recorded_at')} (git worktree add), not "
-        "at a commit under test: `.venv/bin/python tests/test_bit_identity.py --record`"
-    )
-    if RECORDED.get("torch") != torch.__version__:
+    """This machine's recorded hashes, or a skip where no machine computing as it does recorded."""
+    path = this_machines_file()
+    if path is None:
+        kinds = "; ".join(f"{r.get('cpu')}, torch {r.get('torch')}" for r in RECORDINGS.values())
         pytest.skip(
-            f"the hashes were recorded with torch {RECORDED.get('torch')}, this is "
-            f"{torch.__version__}; {how}"
+            "no recorded hashes from a machine that computes floats as this one does "
+            f"({cpu_name()}, torch {torch.__version__}; recorded: {kinds or 'none'}); record "
+            "this machine's at the trusted commit as tests/test_bit_identity.py's docstring shows"
         )
-    if canary() != RECORDED.get("canary"):
-        pytest.skip(
-            "this CPU computes floats differently from the one the hashes were recorded on "
-            f"(the canary's hash differs; recorded on {RECORDED.get('cpu')}, this is "
-            f"{cpu_name()}); {how}"
-        )
-    return RECORDED
+    return RECORDINGS[path]
 
 
-@pytest.mark.parametrize("case", sorted(RECORDED["cases"]))
+@pytest.mark.parametrize("case", RECORDED_CASES)
 def test_trajectory_is_bit_identical(case: str, comparable, tmp_path: Path) -> None:
-    recorded = comparable["cases"][case]
+    recorded = comparable["cases"].get(case)
+    assert recorded is not None, f"case {case} is not recorded for this machine; {how_to_record()}"
     got = run_case([*comparable["common"], *recorded["overrides"]], tmp_path)
     moved = [key for key in got if got[key] != recorded[key]]
     if "state_dict_parts" in moved:  # name the modules whose weights or buffers moved
@@ -370,16 +380,23 @@ def test_trajectory_is_bit_identical(case: str, comparable, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_case_is_recorded(case: str) -> None:
-    recorded = RECORDED["cases"].get(case)
-    assert recorded is not None, f"case {case} has no recorded hashes; {how_to_record(case)}"
-    assert recorded["overrides"] == CASES[case], (
-        f"case {case}'s overrides changed since it was recorded; {how_to_record(case)}"
-    )
+    assert RECORDINGS, f"tests/data/weight_hashes/ holds no recording; {how_to_record()}"
+    for path, recorded in RECORDINGS.items():
+        mine = recorded["cases"].get(case)
+        assert mine is not None, f"case {case} has no hashes in {path.name}; {how_to_record(case)}"
+        assert mine["overrides"] == CASES[case], (
+            f"case {case}'s overrides changed since {path.name} recorded it; {how_to_record(case)}"
+        )
 
 
 @pytest.mark.parametrize("recipe", RECIPES_AT_99D02EB)
 def test_every_recipe_of_99d02eb_has_a_case(recipe: str) -> None:
-    cases = [name for name, r in RECORDED["cases"].items() if f"model={recipe}" in r["overrides"]]
+    cases = [
+        name
+        for recorded in RECORDINGS.values()
+        for name, r in recorded["cases"].items()
+        if f"model={recipe}" in r["overrides"]
+    ]
     assert cases, (
         f"recipe {recipe} (conf/model/{recipe}.yaml) has no recorded trajectory; add a case to "
         f"CASES in tests/test_bit_identity.py and {how_to_record('CASE')}"
@@ -413,22 +430,25 @@ def _commit() -> str:
 
 
 def record(cases: list[str], recorded_at: str) -> None:
-    """Train each case twice, refuse one whose runs differ, and write its hashes to the JSON.
+    """Train each case twice, refuse one whose runs differ, and write its hashes to this
+    machine's JSON in tests/data/weight_hashes/ (other machines' files are left as they are).
 
-    All cases: the file is rewritten. Some: they are added or replaced, with the file's common
-    overrides, which only this machine (same canary and torch) may do.
+    All cases: the file is rewritten (or made). Some: they are added or replaced in this
+    machine's existing file, with its common overrides.
     """
     import lightning
 
-    data = _recorded()
+    path = this_machines_file()
     everything = set(cases) == set(CASES)
-    same_machine = data.get("canary") == canary() and data.get("torch") == torch.__version__
-    if data["cases"] and not (everything or same_machine):
+    if path is None and not everything:
         raise SystemExit(
-            "the recorded hashes come from another CPU or torch version: re-record every case "
-            "(no CASE arguments) so that the file holds one machine's bits"
+            "no recording from this machine yet: record every case (no CASE arguments) first"
         )
-    if everything or not data["cases"]:
+    if path is None:
+        slug = re.sub(r"[^a-z0-9]+", "-", cpu_name().lower()).strip("-")
+        path = HASHES_DIR / f"{slug}-{canary()[:12]}.json"
+    data = RECORDINGS.get(path, {"cases": {}})
+    if everything:
         data = {
             "recorded_at": recorded_at,
             "torch": torch.__version__,
@@ -448,9 +468,9 @@ def record(cases: list[str], recorded_at: str) -> None:
         data["cases"][case] = {"overrides": CASES[case], "recorded_at": recorded_at, **runs[0]}
         print(f"{case}: {runs[0]['counters']}", flush=True)
     data["cases"] = dict(sorted(data["cases"].items()))
-    HASHES.parent.mkdir(parents=True, exist_ok=True)
-    HASHES.write_text(json.dumps(data, indent=1) + "\n")
-    print(f"wrote {HASHES}")
+    HASHES_DIR.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {path}")
 
 
 def main() -> None:
