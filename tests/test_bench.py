@@ -14,7 +14,7 @@ import torch
 import gan_runner.speed as speed
 from conftest import QUICK, TINY_DIGITS
 from gan_runner.bench.run import main
-from gan_runner.bench.timing import Variant, compose_run, train_variant
+from gan_runner.bench.timing import Variant, compose_run, paired_ratio_ci, train_variant
 from gan_runner.errors import UserError
 from gan_runner.speed import SpeedSettings, apply_speed_options
 from gan_runner.train import build_module
@@ -75,6 +75,7 @@ def test_a_change_in_the_work_shows_up_as_different_weights(tmp_path):
 
 CASE_FIELDS = {"case", "what", "overrides", "batch_size", "n_critic", "plain", "gan_run"}
 CASE_FIELDS |= {"ratio", "ratio_of_medians", "peak_mib", "warmup_batches", "timed_batches"}
+CASE_FIELDS |= {"ratio_ci95"}
 RATE_FIELDS = {"images_per_s", "g_steps_per_s", "runs_images_per_s"}
 
 
@@ -105,6 +106,15 @@ def test_the_harness_writes_json_and_markdown_with_the_documented_fields(tmp_pat
     for heading in ("Training throughput", "Fast paths", "Data loading", "Metric feature"):
         assert heading in markdown
     assert "| `mlp_grid25` |" in markdown and markdown in capsys.readouterr().out
+
+
+def test_the_ratio_interval_holds_the_median_and_widens_with_the_scatter():
+    steady = paired_ratio_ci([100, 101, 99, 100, 100, 101], [100, 100, 100, 100, 100, 100])
+    scattered = paired_ratio_ci([80, 125, 95, 110, 70, 130], [100, 100, 100, 100, 100, 100])
+    assert steady[0] <= 1.0 <= steady[1] and scattered[0] <= 1.025 <= scattered[1]
+    assert scattered[1] - scattered[0] > 5 * (steady[1] - steady[0])
+    assert paired_ratio_ci([1, 2, 3], [1, 1, 1]) is None  # too few rounds to say
+    assert paired_ratio_ci([2.0] * 5, [1.0] * 5) == [2.0, 2.0]
 
 
 def test_bad_harness_arguments_are_one_line_errors(tmp_path, capsys):

@@ -87,6 +87,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"{m['loadavg_start'][0]} → {m['loadavg_end'][0]}), torch {m['torch']}, "
         f"lightning {m['lightning']}: `{results['command']}`",
         "",
+        "Ratios are medians over interleaved rounds of one side's rate over the other's in the "
+        "same round; in brackets, a 95% bootstrap interval of that median.",
+        "",
     ]
     for title, section in (
         ("Training throughput: gan-run against a plain PyTorch loop", _cases),
@@ -113,7 +116,7 @@ def _cases(results: dict[str, Any]) -> list[str]:
             _n(c["gan_run"]["images_per_s"]),
             _n(c["plain"]["g_steps_per_s"], 2),
             _n(c["gan_run"]["g_steps_per_s"], 2),
-            f"**{c['ratio']:.3f}**",
+            f"**{c['ratio']:.3f}**{_ci(c.get('ratio_ci95'))}",
             f"{_n(c['peak_mib']['plain'], 0)} / {_n(c['peak_mib']['gan_run'], 0)}",
         ]
         for c in results.get("cases", [])
@@ -122,6 +125,10 @@ def _cases(results: dict[str, Any]) -> list[str]:
     header = ["case", "what", "batch", "n_critic", "plain img/s", "gan-run img/s"]
     header += ["plain G/s", "gan-run G/s", "ratio", "peak MiB plain / gan-run"]
     return _table(header, rows) if rows else []
+
+
+def _ci(interval: list[float] | None) -> str:
+    return "" if not interval else f" ({interval[0]:.3f}–{interval[1]:.3f})"
 
 
 def _ablations(results: dict[str, Any]) -> list[str]:
@@ -134,7 +141,7 @@ def _ablations(results: dict[str, Any]) -> list[str]:
             a["after_label"],
             _n(a["before"]["images_per_s"]),
             _n(a["after"]["images_per_s"]),
-            f"**{a['speedup']:.3f}**",
+            f"**{a['speedup']:.3f}**{_ci(a.get('speedup_ci95'))}",
         ]
         for a in results.get("ablations", [])
         if "error" not in a

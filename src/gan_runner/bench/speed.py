@@ -20,6 +20,7 @@ from gan_runner.bench.timing import (
     compose_run,
     interleave,
     paired_ratio,
+    paired_ratio_ci,
     peak_memory_mib,
     run_variant,
     summary,
@@ -232,6 +233,7 @@ def speed_case(plan: Plan, case: Case) -> dict[str, Any]:
         "plain": summary(runs["before"]),
         "gan_run": summary(runs["after"]),
         "ratio": paired_ratio(runs["after"], runs["before"]),
+        "ratio_ci95": paired_ratio_ci(runs["after"], runs["before"]),
         "ratio_of_medians": _ratio_of_medians(runs["after"], runs["before"]),
         "peak_mib": peak,
     }
@@ -334,6 +336,7 @@ def ablation_row(plan: Plan, ablation: Ablation) -> dict[str, Any]:
         "before": summary(runs["before"]),
         "after": summary(runs["after"]),
         "speedup": paired_ratio(runs["after"], runs["before"]),
+        "speedup_ci95": paired_ratio_ci(runs["after"], runs["before"]),
         "warmup_batches": runs["warmup_batches"],
         "timed_batches": runs["timed_batches"],
     }

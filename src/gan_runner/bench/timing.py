@@ -210,13 +210,38 @@ def summary(windows: list[Window]) -> dict[str, Any]:
     }
 
 
+def _rate(x: Any) -> float:
+    return x.images_per_s if isinstance(x, Window) else float(x)
+
+
 def paired_ratio(numerator: Sequence[Any], denominator: Sequence[Any]) -> float:
     """Median over rounds of one run's throughput over the other's in the same round."""
+    return statistics.median(_rate(a) / _rate(b) for a, b in zip(numerator, denominator))
 
-    def rate(x: Any) -> float:
-        return x.images_per_s if isinstance(x, Window) else float(x)
 
-    return statistics.median(rate(a) / rate(b) for a, b in zip(numerator, denominator))
+def paired_ratio_ci(
+    numerator: Sequence[Any], denominator: Sequence[Any], level: float = 0.95
+) -> list[float] | None:
+    """A bootstrap confidence interval of `paired_ratio` over the rounds (scipy's percentile
+    method, as BCa degenerates on medians of few values; fixed seed), or None under 4 rounds:
+    how far the median itself could move on this machine."""
+    ratios = [_rate(a) / _rate(b) for a, b in zip(numerator, denominator)]
+    if len(ratios) < 4:
+        return None
+    if max(ratios) == min(ratios):
+        return [ratios[0], ratios[0]]
+    from scipy.stats import bootstrap
+
+    result = bootstrap(
+        (ratios,),
+        statistics.median,
+        confidence_level=level,
+        n_resamples=2000,
+        method="percentile",
+        random_state=0,
+    )
+    interval = result.confidence_interval
+    return [round(float(interval.low), 4), round(float(interval.high), 4)]
 
 
 def peak_memory_mib(
