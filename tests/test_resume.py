@@ -136,7 +136,7 @@ def _signal_at(monkeypatch, g_steps: int, signum: int) -> None:
 
     class SendSignal(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-            if pl_module.counters.g_steps == g_steps and pl_module.step_was_generator:
+            if pl_module.counters.g_steps == g_steps and pl_module.last_batch.generator_stepped:
                 os.kill(os.getpid(), signum)
 
     build_trainer = train_py.build_trainer

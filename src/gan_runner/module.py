@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 
 from gan_runner.errors import UserError
 from gan_runner.games.base import CriticSchedule, Game, Phase, Terms, player_parameters
-from gan_runner.steps import direct_steps, frozen
+from gan_runner.steps import LastBatch, direct_steps, frozen
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,11 @@ class GANModule(pl.LightningModule):
         self.phase_due = {phase.name: 0 for phase in game.phases}  # lazy phases' cadence
         self.noise: torch.Generator | None = None
         self._grad_norms: dict[str, Tensor] = {}
-        self.logs_this_step = self.step_was_generator = False
-        self.step_losses: dict[str, Tensor] = {}
+        self.last_batch = LastBatch()
         self._by_player: dict[str, Any] | None = None  # per fit (on_fit_start)
         self._others: dict[str, list[nn.Parameter]] = {}
         self._world_size, self._direct = 1, False
         self.allow_direct_steps = True  # speed.direct_steps (speed.py)
-        self.batch_images = 0  # real samples in the last batch trained, over all ranks
         # The fixed latent batch behind every sample grid: a persistent buffer, so grids stay
         # comparable across resumes and the EMA generator draws the same points.
         # Offset from the run seed so the grid's z is not the first training batch's z.
@@ -198,8 +196,9 @@ class GANModule(pl.LightningModule):
         repeats = [phase.schedule.critic_steps(counters.g_steps) for phase in self.game.phases]
         batches_left = max(repeats) - counters.critic_steps_since_g  # in this cycle, this one too
         cycle_ends = batches_left <= 1
-        self.logs_this_step = cycle_ends and (counters.g_steps + 1) % self.log_every == 0
-        self.step_was_generator = cycle_ends
+        last = self.last_batch
+        last.logs = cycle_ends and (counters.g_steps + 1) % self.log_every == 0
+        last.generator_stepped = cycle_ends
         self.game.rollout(batch, self)
         logs: dict[str, Tensor] = {}
         optimizers = self._optimizers_by_player
@@ -208,8 +207,8 @@ class GANModule(pl.LightningModule):
                 self._run_phase(phase, batch, optimizers[phase.player], logs)
         counters.d_steps += 1
         # A batch's first entry is its real samples ("samples", or a translation batch's "a").
-        self.batch_images = next(iter(batch.values())).shape[0] * self._world_size
-        counters.images_seen += self.batch_images
+        last.images = next(iter(batch.values())).shape[0] * self._world_size
+        counters.images_seen += last.images
         if cycle_ends:
             for scheduler in self._schedulers():
                 scheduler.step()  # schedules advance in generator steps (cycles)
@@ -217,8 +216,8 @@ class GANModule(pl.LightningModule):
             counters.critic_steps_since_g = 0
         else:
             counters.critic_steps_since_g += 1
-        self.step_losses = logs  # device tensors: the divergence guard checks them unsynced
-        if self.logs_this_step:
+        last.losses = logs  # device tensors: the divergence guard checks them unsynced
+        if last.logs:
             self._log_step(logs)
 
     def _run_phase(
@@ -249,7 +248,8 @@ class GANModule(pl.LightningModule):
                 self._backward(total)
             self._step(optimizer)
         self.game.after_step(phase, self)
-        logs.update({f"{phase.name}/{name}": loss.detach() for name, loss in active.items()})
+        for name, loss in active.items():
+            logs[f"{phase.name}/{name}"] = loss.detach()
         if phase.total_as:
             logs[phase.total_as] = total.detach()
         logs.update(terms.logs)
@@ -319,7 +319,7 @@ class GANModule(pl.LightningModule):
         # on the true gradients (clipping between backward and step would clip scaled ones).
         name = self._optimizer_names.get(id(optimizer), "unknown")
         clip = self.grad_clip.get(name)
-        if not (clip or self.logs_this_step):
+        if not (clip or self.last_batch.logs):
             return
         params = [
             p for group in optimizer.param_groups for p in group["params"] if p.grad is not None
@@ -334,7 +334,7 @@ class GANModule(pl.LightningModule):
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if clip:
             torch.nn.utils.clip_grads_with_norm_(params, clip * scale, norm)
-        if self.logs_this_step:
+        if self.last_batch.logs:
             self._grad_norms[name] = norm / scale  # before clipping: the update it wanted
 
     def _log_step(self, logs: dict[str, Tensor]) -> None:

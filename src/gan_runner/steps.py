@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import lightning.pytorch as pl
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
-from torch import nn
+from torch import Tensor, nn
 
 # The hooks Lightning's wrappers call around a backward and an optimizer step.
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
@@ -46,3 +47,14 @@ def frozen(params: Sequence[nn.Parameter]) -> Iterator[None]:
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad = flag
+
+
+@dataclass(slots=True)
+class LastBatch:
+    """What the batch just trained did, for the callbacks that run after it. Kept in a plain
+    object: every attribute set on an nn.Module goes through its costly __setattr__."""
+
+    logs: bool = False  # it logs (every train.log_every generator steps)
+    generator_stepped: bool = False  # it ended a critic cycle with a generator step
+    images: int = 0  # its real samples, over all ranks
+    losses: dict[str, Tensor] = field(default_factory=dict)  # on the device, unsynced

@@ -57,7 +57,8 @@ class GeneratorEMA(pl.Callback):
             return  # no generator step this batch
         self._g_steps_seen = g_steps
         # The module's count: under train.batches_per_step > 1, `batch` holds the whole group.
-        batch_images = getattr(pl_module, "batch_images", 0) or (
+        last = getattr(pl_module, "last_batch", None)
+        batch_images = (last.images if last is not None else 0) or (
             batch["samples"].shape[0] * trainer.world_size
         )
         # One update per G step, so the ramp-up counts G-side images too (not D's, which

@@ -53,12 +53,12 @@ class DivergenceGuard(pl.Callback):
         self._window_start = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        losses = getattr(pl_module, "step_losses", {})
+        losses = pl_module.last_batch.losses
         if losses:  # three small device ops per batch, no host sync
             finite = torch.isfinite(torch.stack([v.float() for v in losses.values()])).all()
             self._finite = finite if self._finite is None else self._finite & finite
         g_steps = pl_module.counters.g_steps
-        if not pl_module.step_was_generator or g_steps % self.every:
+        if not pl_module.last_batch.generator_stepped or g_steps % self.every:
             return
         bad = self._non_finite(pl_module, losses)
         if trainer.world_size > 1:

@@ -19,7 +19,7 @@ class LossCurve(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         g_steps = pl_module.counters.g_steps
-        if g_steps == self._recorded_at or not pl_module.logs_this_step:
+        if g_steps == self._recorded_at or not pl_module.last_batch.logs:
             return
         self._recorded_at = g_steps
         phase_prefixes = tuple(f"train/{phase.name}/" for phase in pl_module.game.phases)

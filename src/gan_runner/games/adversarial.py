@@ -16,6 +16,9 @@ from gan_runner.nets.layers import CriticOutput
 from gan_runner.objectives import Objective
 from gan_runner.regularizers import PenaltyInputs, Regularizer
 
+# The features of a critic pass whose features nothing reads (one tensor, not one per pass).
+NO_FEATURES = torch.empty(0)
+
 
 class AdversarialGame(Game):
     """The two-player game of Goodfellow et al. 2014, whatever the objective on critic scores.
@@ -72,7 +75,7 @@ class AdversarialGame(Game):
         labels = labels if module.num_classes else None
         if not self.extra_terms:
             scores = module.discriminator(samples, labels)
-            return CriticOutput(scores, scores.new_empty(0))
+            return CriticOutput(scores, NO_FEATURES)  # no term reads them: none computed
         return critic_outputs(module.discriminator, samples, labels)  # augmented when aug= is set
 
     def draw(self, module: Any, n: int) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
@@ -123,11 +126,12 @@ class AdversarialGame(Game):
             logs.update(
                 self.objective.critic_logs(real_scores, fake_scores, losses["adversarial"])
             )
-        inputs = PenaltyInputs(
-            critic, real, fake, real_labels, fake_labels, module.counters.d_steps, module.noise
-        )
-        for name, regularizer in self.regularizers.items() if penalties else ():
-            losses[name] = regularizer.discriminator_penalty(inputs)
+        if penalties and self.regularizers:
+            inputs = PenaltyInputs(
+                critic, real, fake, real_labels, fake_labels, module.counters.d_steps, module.noise
+            )
+            for name, regularizer in self.regularizers.items():
+                losses[name] = regularizer.discriminator_penalty(inputs)
         if self.extra_terms:
             play = Play(
                 module, real, real_labels, fake, fake_labels, z, fake_out, real_out, codes, batch
