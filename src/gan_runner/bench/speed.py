@@ -70,7 +70,7 @@ CASES = {
                 "regularizer=[]",
             ),
         ),
-        # Where the framework's per-batch work is a large share of a ~2 ms batch: the case that
+        # Where the framework's per-batch work is a large share of a few-ms batch: the case that
         # shows what the loop's fast paths (batches per step, direct steps) are worth.
         Case(
             "mlp_small",
