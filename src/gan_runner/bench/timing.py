@@ -210,13 +210,18 @@ def summary(windows: list[Window]) -> dict[str, Any]:
     }
 
 
-def _rate(x: Any) -> float:
-    return x.images_per_s if isinstance(x, Window) else float(x)
+def _ratios(numerator: Sequence[Any], denominator: Sequence[Any]) -> list[float]:
+    """Each round's throughput of one run over the other's (Windows or plain rates)."""
+
+    def rate(x: Any) -> float:
+        return x.images_per_s if isinstance(x, Window) else float(x)
+
+    return [rate(a) / rate(b) for a, b in zip(numerator, denominator)]
 
 
 def paired_ratio(numerator: Sequence[Any], denominator: Sequence[Any]) -> float:
     """Median over rounds of one run's throughput over the other's in the same round."""
-    return statistics.median(_rate(a) / _rate(b) for a, b in zip(numerator, denominator))
+    return statistics.median(_ratios(numerator, denominator))
 
 
 def paired_ratio_ci(
@@ -225,7 +230,7 @@ def paired_ratio_ci(
     """A bootstrap confidence interval of `paired_ratio` over the rounds (scipy's percentile
     method, as BCa degenerates on medians of few values; fixed seed), or None under 4 rounds:
     how far the median itself could move on this machine."""
-    ratios = [_rate(a) / _rate(b) for a, b in zip(numerator, denominator)]
+    ratios = _ratios(numerator, denominator)
     if len(ratios) < 4:
         return None
     if max(ratios) == min(ratios):
