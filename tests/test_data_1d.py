@@ -333,6 +333,20 @@ def test_sample_grid_draws_the_1d_plot_and_the_games_views(tmp_path: Path, monke
     assert grid.last_path == tmp_path / "samples" / "g0000003.png"
 
 
+def test_the_aae_on_1d_data_draws_its_densities_without_a_critic_on_x(tmp_path: Path) -> None:
+    """The AAE's critic scores codes z (z_dim 8), so the 1D plot must not feed it points x."""
+    overrides = [*QUICK, "model=aae", "data=gauss1d", "train.g_steps=2", "callbacks=none"]
+    run = prepare(compose_config([*overrides, "data.source.n_samples=4096"], tmp_path))
+    grid = SampleGrid(str(tmp_path / "samples"), every=2, n_density=500)
+    run.trainer.callbacks.append(grid)
+    run.fit()
+    assert (tmp_path / "samples" / "g0000002.png").is_file()
+    data = run.datamodule.source
+    view = density_view(run.module, data, data.load().samples, 500, torch.Generator())
+    assert view.scores is None and view.d_critic is None
+    assert torch.isfinite(view.p_model).all() and torch.isfinite(view.d_star).all()
+
+
 # ----------------------------------------------------------------------------- refusals
 def test_an_image_architecture_on_1d_data_is_one_line(monkeypatch, capsys, tmp_path) -> None:
     monkeypatch.chdir(tmp_path)

@@ -178,7 +178,8 @@ def density_view(
         live = model_density(module.generator, module.latent, live_fake)
     scores = d_critic = None
     logistic = False
-    if not module.num_classes:  # unlabelled 1D data: a conditional critic has no labels here
+    # Unlabelled 1D data (a conditional critic has no labels here), and a critic on x.
+    if not module.num_classes and getattr(module.game, "critic_reads_samples", True):
         scores = critic_scores(module, x)
         objective = getattr(module.game, "objective", None)
         ratio = objective.log_density_ratio(scores) if objective is not None else None

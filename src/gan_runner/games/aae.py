@@ -38,6 +38,7 @@ class AdversarialAutoencoderGame(Game):
     phase_names = ("reconstruction", "discriminator", "encoder")
     augmented_critics = ()
     critic_input = "latent codes, not images"
+    critic_reads_samples = False
 
     def __init__(
         self,

@@ -118,6 +118,8 @@ class Game:
     # what the game's critic reads instead.
     augmented_critics: tuple[str, ...] = ("discriminator",)
     critic_input: str = "images"
+    # Whether the discriminator scores samples x, so the 1D plot can draw it over x.
+    critic_reads_samples: bool = True
     # Whether the critic's phase shows its real-image scores to an adaptive augmentation
     # (aug=ada adjusts p from them); games whose scores are not logits of "real" refuse it.
     observes_real_scores: bool = False
