@@ -24,11 +24,16 @@ install: $(STAMP) ## create .venv and install gan-runner with its dev tools (pin
 run: install ## train the embedded default recipe and print where its results are (ARGS=... for overrides)
 	$(VENV)/bin/gan-run $(ARGS)
 
-test: install ## run the test suite (everything not marked slow)
-	$(PY) -m pytest -q $(ARGS)
+# One pytest-xdist worker per usable CPU (tests/conftest.py counts them; each test runs one torch
+# thread); --dist loadfile keeps a file's tests, and the checkpoints they share, on one worker.
+# ARGS="-n 0" runs in this process.
+PARALLEL := -n auto --dist loadfile
+
+test: install ## run the test suite (everything not marked slow), one worker per CPU
+	$(PY) -m pytest -q $(PARALLEL) $(ARGS)
 
 test-all: install ## run every test, slow ones included
-	$(PY) -m pytest -q -m "" $(ARGS)
+	$(PY) -m pytest -q -m "" $(PARALLEL) $(ARGS)
 
 lint: install ## check style with ruff
 	$(VENV)/bin/ruff check src tests scripts

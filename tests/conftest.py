@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -18,6 +19,30 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+MOST_WORKERS = 8  # each worker holds its own torch and trained fixtures
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may run on: its affinity mask, under any cgroup v2 quota."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    count = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no readable cgroup v2 limit: the affinity count stands
+    return count
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`make test`'s `-n auto`: one worker per usable CPU (every test runs one torch thread).
+
+    xdist's own count takes psutil's physical cores (1 on a 2-vCPU machine) or the host's CPUs
+    in a container held to fewer; PYTEST_XDIST_AUTO_NUM_WORKERS still overrides.
+    """
+    chosen = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "")
+    return int(chosen) if chosen.isdigit() else min(usable_cpus(), MOST_WORKERS)
 
 
 @pytest.fixture(autouse=True, scope="session")
