@@ -35,6 +35,7 @@ def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     return count
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest without xdist must still start
 def pytest_xdist_auto_num_workers(config) -> int:
     """`make test`'s `-n auto`: one worker per usable CPU (every test runs one torch thread).
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +39,14 @@ def test_auto_workers_are_capped_and_the_environment_overrides(monkeypatch) -> N
     assert pytest_xdist_auto_num_workers(None) == 2
     monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "3")
     assert pytest_xdist_auto_num_workers(None) == 3
+
+
+def test_pytest_without_xdist_still_collects_the_suite() -> None:
+    # The worker hook is xdist's: without the plugin, pytest must not refuse it as unknown.
+    here = Path(__file__)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider",
+         "--collect-only", "-q", str(here)],
+        cwd=here.parents[1], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0 and "3 tests collected" in done.stdout, done.stdout + done.stderr
