@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -105,6 +106,20 @@ def compose_named(config_name: str, overrides: list[str]) -> DictConfig:
         cfg = compose(config_name, overrides=overrides)
     GlobalHydra.instance().clear()
     return cfg
+
+
+@pytest.fixture(autouse=True)
+def _hydra_log_handlers_end_with_their_test():
+    """An in-process gan-run lets Hydra bind root-logger handlers to this test's captured
+    stdout; left behind, a later test's log line hits the closed stream ("Logging error")."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
 
 
 def call_console(

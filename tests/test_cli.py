@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import subprocess
 import sys
@@ -268,3 +269,10 @@ def test_gan_run_warns_about_unused_added_keys_and_trains(monkeypatch, capsys, t
     assert "Trained 2 generator steps" in out  # the run went on, with the default g_steps=2
     log = only_run_folder(tmp_path) / "train.log"
     assert "did you mean 'train.g_steps'?" in log.read_text()  # and the log file keeps it
+
+
+def test_no_root_log_handler_outlives_the_in_process_runs_above() -> None:
+    """Runs after this file's in-process gan-run calls (one xdist worker runs a file in order)."""
+    closed = [h for h in logging.getLogger().handlers if getattr(h, "stream", None) is not None
+              and h.stream.closed]  # fmt: skip
+    assert not closed, f"root-logger handlers left writing to closed streams: {closed}"
